@@ -1,0 +1,205 @@
+//! `bench`: generation speed of a model — prefill tokens/s and greedy decoding tokens/s at
+//! several batch sizes — written as JSON and a Markdown table.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use secvec_models::attention::build_attention_mask;
+use secvec_models::transformer::{int_tensor, positions_from_mask};
+use secvec_models::{GenerationConfig, Message, ModelSource, Sampling, generate, load_model};
+use serde::Serialize;
+
+use crate::ModelArgs;
+use crate::backend::{BackendKind, Job};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    batch: Vec<usize>,
+    /// New tokens per row (generation never stops early in the benchmark).
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Timed repetitions per case (the median is reported), after one warm-up run.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Output directory.
+    #[arg(long, default_value = "results/benchmarks")]
+    out: PathBuf,
+    /// A reference speed (new tokens/s at batch 1) to report the ratio against, with its source.
+    #[arg(long)]
+    reference_tokens_per_s: Option<f64>,
+    #[arg(long, default_value = "")]
+    reference_label: String,
+}
+
+#[derive(Serialize)]
+struct Case {
+    batch: usize,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    prefill_seconds: f64,
+    prefill_tokens_per_s: f64,
+    generate_seconds: f64,
+    /// New tokens (all rows) per second of the whole `generate` call, prefill included.
+    generate_new_tokens_per_s: f64,
+    /// New tokens per second of the decoding steps alone (generate time minus prefill time).
+    decode_tokens_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    command: String,
+    model: String,
+    backend: String,
+    cpus: usize,
+    repeats: usize,
+    cases: Vec<Case>,
+    peak_rss_mib: Option<f64>,
+    reference: Option<(String, f64)>,
+}
+
+/// Peak resident memory of this process (Linux), MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn prefill<B: Backend>(model: &secvec_models::Llama<B>, prompts: &[Vec<u32>]) -> f64 {
+    let device = model.device();
+    let valid: Vec<Vec<bool>> = prompts.iter().map(|p| vec![true; p.len()]).collect();
+    let ids: Vec<Vec<i64>> = prompts
+        .iter()
+        .map(|p| p.iter().map(|&t| t as i64).collect())
+        .collect();
+    let t = Instant::now();
+    let positions = int_tensor::<B>(&positions_from_mask(&valid, None), &device);
+    let mask = build_attention_mask::<B>(prompts.len(), prompts[0].len(), 0, None, &device);
+    let hidden = model.forward_hidden(int_tensor::<B>(&ids, &device), &positions, &mask, None);
+    let seq = prompts[0].len();
+    let logits = model.lm_head(hidden.narrow(1, seq - 1, 1));
+    let _ = logits.into_data();
+    t.elapsed().as_secs_f64()
+}
+
+impl Job for BenchArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+        let source = ModelSource::parse(&self.model.model)?;
+        let loaded = load_model::<B::InnerBackend>(&source, self.model.cache_dir.as_deref(), &device)?;
+        let tok = &loaded.tokenizer;
+        let prompt_text = tok.apply_chat_template(
+            &[Message::user(
+                "Explain in a few sentences why the sky looks blue during the day.",
+            )],
+            true,
+        )?;
+        let prompt = tok.encode(&prompt_text)?;
+        let config = GenerationConfig {
+            max_new_tokens: self.new_tokens,
+            sampling: Sampling::Greedy,
+            stop_tokens: vec![],
+        };
+        let pad = tok.pad_id();
+        // Warm-up (allocations, kernel compilation on GPU backends).
+        generate(&loaded.model, &[prompt.clone()], pad, &GenerationConfig { max_new_tokens: 4, ..config.clone() })?;
+        let mut cases = Vec::new();
+        for &batch in &self.batch {
+            let prompts = vec![prompt.clone(); batch];
+            let mut pre = Vec::new();
+            let mut times = Vec::new();
+            for r in 0..self.repeats.max(1) {
+                pre.push(prefill(&loaded.model, &prompts));
+                let t = Instant::now();
+                let out = generate(&loaded.model, &prompts, pad, &config)?;
+                times.push(t.elapsed().as_secs_f64());
+                anyhow::ensure!(out.iter().all(|o| o.tokens.len() == self.new_tokens));
+                eprintln!(
+                    "batch {batch} run {}: prefill {:.3}s, generate {:.2}s",
+                    r + 1,
+                    pre[r],
+                    times[r]
+                );
+            }
+            let (p, g) = (median(pre), median(times));
+            let new = (batch * self.new_tokens) as f64;
+            cases.push(Case {
+                batch,
+                prompt_tokens: prompt.len(),
+                new_tokens: self.new_tokens,
+                prefill_seconds: p,
+                prefill_tokens_per_s: (batch * prompt.len()) as f64 / p,
+                generate_seconds: g,
+                generate_new_tokens_per_s: new / g,
+                decode_tokens_per_s: (batch * (self.new_tokens - 1)) as f64 / (g - p).max(1e-9),
+            });
+        }
+        let report = Report {
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            model: source.display_name(),
+            backend: backend.to_string(),
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            repeats: self.repeats,
+            cases,
+            peak_rss_mib: peak_rss_mib(),
+            reference: self
+                .reference_tokens_per_s
+                .map(|v| (self.reference_label.clone(), v)),
+        };
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("creating {}", self.out.display()))?;
+        let stem = format!("generation-{backend}");
+        let json_path = self.out.join(format!("{stem}.json"));
+        std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", json_path.display()))?;
+        let md = markdown(&report);
+        let md_path = self.out.join(format!("{stem}.md"));
+        std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+        println!("{md}");
+        eprintln!("wrote {} and {}", json_path.display(), md_path.display());
+        Ok(())
+    }
+}
+
+fn markdown(r: &Report) -> String {
+    let mut s = format!(
+        "# Generation benchmark: {} on {} ({} CPUs visible)\n\nCommand: `{}`\n\n\
+         Median of {} runs after a warm-up; greedy decoding, no early stop.\n\n\
+         | batch | prompt tokens | new tokens/row | prefill tokens/s | generate new tokens/s (incl. prefill) | decode tokens/s |\n\
+         |---:|---:|---:|---:|---:|---:|\n",
+        r.model, r.backend, r.cpus, r.command, r.repeats
+    );
+    for c in &r.cases {
+        s += &format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} |\n",
+            c.batch,
+            c.prompt_tokens,
+            c.new_tokens,
+            c.prefill_tokens_per_s,
+            c.generate_new_tokens_per_s,
+            c.decode_tokens_per_s
+        );
+    }
+    if let Some(rss) = r.peak_rss_mib {
+        s += &format!("\nPeak resident memory of the process: {rss:.0} MiB.\n");
+    }
+    if let (Some((label, v)), Some(c)) = (&r.reference, r.cases.iter().find(|c| c.batch == 1)) {
+        s += &format!(
+            "\nReference (batch 1): {v:.1} new tokens/s — {label}. Ratio: {:.2}×.\n",
+            c.generate_new_tokens_per_s / v
+        );
+    }
+    s
+}

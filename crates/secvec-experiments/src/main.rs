@@ -1,0 +1,139 @@
+//! `secvec-experiments`: the secvec command line.
+
+mod backend;
+mod bench;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Parser, Subcommand};
+use secvec_models::{GenerationConfig, Message, ModelSource, Sampling, generate, load_model};
+
+use backend::{BackendKind, Job, dispatch};
+
+#[derive(Parser, Debug)]
+#[command(name = "secvec-experiments", version, about = "Security vectors for LLM fine-tuning: generation, benchmarks and experiments")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate a reply from a model (chat template applied unless --raw).
+    Generate(GenerateArgs),
+    /// Measure generation speed (prefill and decoding tokens/s) and write results/benchmarks/.
+    Bench(bench::BenchArgs),
+}
+
+/// Options shared by commands that load a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A known model name (smollm2-135m-instruct), a .gguf file, or a Hugging Face directory.
+    #[arg(long, default_value = "smollm2-135m-instruct")]
+    model: String,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    backend: BackendKind,
+    /// Cache directory for fetched models (default: $SECVEC_CACHE_DIR or ~/.cache/secvec).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The user message (repeat for a batch of prompts).
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
+    /// A system message (default: the chat template's own).
+    #[arg(long)]
+    system: Option<String>,
+    /// Use the prompt text as is, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 means greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Nucleus mass for sampling.
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl Job for GenerateArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+        let source = ModelSource::parse(&self.model.model)?;
+        let t0 = Instant::now();
+        let loaded = load_model::<B::InnerBackend>(&source, self.model.cache_dir.as_deref(), &device)
+            .with_context(|| format!("loading model `{}`", self.model.model))?;
+        eprintln!(
+            "loaded {} on {backend} in {:.1}s",
+            source.display_name(),
+            t0.elapsed().as_secs_f64()
+        );
+        let tok = &loaded.tokenizer;
+        let prompts = self
+            .prompt
+            .iter()
+            .map(|p| {
+                let text = if self.raw {
+                    p.clone()
+                } else {
+                    let mut msgs = Vec::new();
+                    if let Some(s) = &self.system {
+                        msgs.push(Message::system(s));
+                    }
+                    msgs.push(Message::user(p));
+                    tok.apply_chat_template(&msgs, true)?
+                };
+                Ok(tok.encode(&text)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sampling = if self.temperature > 0.0 {
+            Sampling::TopP {
+                temperature: self.temperature,
+                top_p: self.top_p,
+                seed: self.seed,
+            }
+        } else {
+            Sampling::Greedy
+        };
+        let config = GenerationConfig {
+            max_new_tokens: self.max_new_tokens,
+            sampling,
+            stop_tokens: tok.special.eos.clone(),
+        };
+        let t1 = Instant::now();
+        let outputs = generate(&loaded.model, &prompts, tok.pad_id(), &config)?;
+        let secs = t1.elapsed().as_secs_f64();
+        let new_tokens: usize = outputs.iter().map(|o| o.tokens.len()).sum();
+        for (prompt, out) in self.prompt.iter().zip(&outputs) {
+            if self.prompt.len() > 1 {
+                println!("### {prompt}");
+            }
+            println!("{}", tok.decode(&out.tokens, true)?);
+        }
+        eprintln!(
+            "{new_tokens} new tokens in {secs:.2}s ({:.1} tokens/s)",
+            new_tokens as f64 / secs.max(1e-9)
+        );
+        Ok(())
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Generate(args) => dispatch(args.model.backend, args),
+        Command::Bench(args) => dispatch(args.model.backend, args),
+    }
+}

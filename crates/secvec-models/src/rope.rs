@@ -1,0 +1,91 @@
+//! Rotary position embeddings in the rotate-half layout used by Hugging Face Llama and Qwen2
+//! checkpoints (Burn's built-in `RotaryEncoding` rotates interleaved pairs, which would need
+//! permuted q/k weights), with optional Llama-3 frequency scaling.
+
+use burn::module::Module;
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
+
+use crate::config::{Llama3RopeScaling, LlamaConfig};
+
+/// Largest position table built up front; longer contexts are refused by the generator.
+pub const MAX_ROPE_TABLE: usize = 16_384;
+
+/// Precomputed cos/sin tables, `[max_positions, head_dim]` each.
+#[derive(Module, Debug)]
+pub struct RotaryEmbedding<B: Backend> {
+    pub cos: Tensor<B, 2>,
+    pub sin: Tensor<B, 2>,
+    pub max_positions: usize,
+}
+
+/// Inverse frequencies `theta^(-2i/d)`, with Llama-3 scaling applied when configured
+/// (transformers' `_compute_llama3_parameters`).
+pub fn inverse_frequencies(
+    head_dim: usize,
+    theta: f64,
+    scaling: Option<&Llama3RopeScaling>,
+) -> Vec<f64> {
+    let inv: Vec<f64> = (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
+        .collect();
+    let Some(s) = scaling else { return inv };
+    let old_len = s.original_max_position_embeddings as f64;
+    let low_freq_wavelen = old_len / s.low_freq_factor;
+    let high_freq_wavelen = old_len / s.high_freq_factor;
+    inv.into_iter()
+        .map(|f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen < high_freq_wavelen {
+                f
+            } else if wavelen > low_freq_wavelen {
+                f / s.factor
+            } else {
+                let smooth = (old_len / wavelen - s.low_freq_factor)
+                    / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 - smooth) * f / s.factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+impl<B: Backend> RotaryEmbedding<B> {
+    pub fn new(config: &LlamaConfig, device: &B::Device) -> Self {
+        let max_positions = config.max_position_embeddings.clamp(1, MAX_ROPE_TABLE);
+        let dim = config.head_dim;
+        let inv = inverse_frequencies(dim, config.rope_theta, config.rope_scaling.as_ref());
+        let mut cos = Vec::with_capacity(max_positions * dim);
+        let mut sin = Vec::with_capacity(max_positions * dim);
+        for pos in 0..max_positions {
+            // transformers multiplies in float32; do the same so angles round identically.
+            let angles: Vec<f32> = inv.iter().map(|&f| pos as f32 * f as f32).collect();
+            for _ in 0..2 {
+                cos.extend(angles.iter().map(|a| a.cos()));
+                sin.extend(angles.iter().map(|a| a.sin()));
+            }
+        }
+        let shape = [max_positions, dim];
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            max_positions,
+        }
+    }
+
+    /// Rotates `x` of shape `[batch, heads, seq, head_dim]` by the angles of `positions`
+    /// (`[batch, seq]`, absolute positions of each token).
+    pub fn apply(&self, x: Tensor<B, 4>, positions: &Tensor<B, 2, Int>) -> Tensor<B, 4> {
+        let [batch, _heads, seq, dim] = x.dims();
+        let flat = positions.clone().reshape([batch * seq]);
+        let cos = self
+            .cos
+            .clone()
+            .select(0, flat.clone())
+            .reshape([batch, 1, seq, dim]);
+        let sin = self.sin.clone().select(0, flat).reshape([batch, 1, seq, dim]);
+        let half = dim / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * cos + rotated * sin
+    }
+}

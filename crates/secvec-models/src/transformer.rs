@@ -1,0 +1,217 @@
+//! The Llama-family decoder: embeddings, decoder layers, final norm and LM head.
+
+use burn::module::{Module, Param};
+use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend, module::embedding};
+
+use crate::attention::{Attention, build_attention_mask};
+use crate::cache::KvCache;
+use crate::config::LlamaConfig;
+use crate::linear::{Projection, ProjectionId, ProjectionKind};
+use crate::mlp::Mlp;
+use crate::norm::RmsNorm;
+use crate::rope::RotaryEmbedding;
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    pub input_layernorm: RmsNorm<B>,
+    pub self_attn: Attention<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RotaryEmbedding<B>,
+        positions: &Tensor<B, 2, Int>,
+        mask: &Tensor<B, 4, Bool>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+    ) -> Tensor<B, 3> {
+        let h = x.clone()
+            + self.self_attn.forward(
+                self.input_layernorm.forward(x),
+                rope,
+                positions,
+                mask,
+                cache,
+            );
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+
+    pub fn projection(&self, kind: ProjectionKind) -> &Projection<B> {
+        match kind {
+            ProjectionKind::Q => &self.self_attn.q_proj,
+            ProjectionKind::K => &self.self_attn.k_proj,
+            ProjectionKind::V => &self.self_attn.v_proj,
+            ProjectionKind::O => &self.self_attn.o_proj,
+            ProjectionKind::Gate => &self.mlp.gate_proj,
+            ProjectionKind::Up => &self.mlp.up_proj,
+            ProjectionKind::Down => &self.mlp.down_proj,
+        }
+    }
+
+    pub fn projection_mut(&mut self, kind: ProjectionKind) -> &mut Projection<B> {
+        match kind {
+            ProjectionKind::Q => &mut self.self_attn.q_proj,
+            ProjectionKind::K => &mut self.self_attn.k_proj,
+            ProjectionKind::V => &mut self.self_attn.v_proj,
+            ProjectionKind::O => &mut self.self_attn.o_proj,
+            ProjectionKind::Gate => &mut self.mlp.gate_proj,
+            ProjectionKind::Up => &mut self.mlp.up_proj,
+            ProjectionKind::Down => &mut self.mlp.down_proj,
+        }
+    }
+}
+
+/// A Llama-family causal language model.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// `[vocab, hidden]`.
+    pub embed_tokens: Param<Tensor<B, 2>>,
+    pub layers: Vec<DecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+    /// `[hidden, vocab]`; `None` when the head is tied to `embed_tokens`.
+    pub lm_head: Option<Param<Tensor<B, 2>>>,
+    pub rope: RotaryEmbedding<B>,
+}
+
+/// Absolute positions of left- or right-padded rows: each real token's index among the real
+/// tokens of its row (padding gets 0), as transformers derives `position_ids` from the
+/// attention mask.
+pub fn positions_from_mask(valid: &[Vec<bool>], offsets: Option<&[usize]>) -> Vec<Vec<i64>> {
+    valid
+        .iter()
+        .enumerate()
+        .map(|(b, row)| {
+            let mut next = offsets.map(|o| o[b]).unwrap_or(0) as i64;
+            row.iter()
+                .map(|&v| {
+                    if v {
+                        next += 1;
+                        next - 1
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Uploads a `[batch][seq]` matrix of integers.
+pub fn int_tensor<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B, 2, Int> {
+    let batch = rows.len();
+    let seq = rows.first().map(|r| r.len()).unwrap_or(0);
+    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+    Tensor::from_data(TensorData::new(flat, [batch, seq]), device)
+}
+
+impl<B: Backend> Llama<B> {
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed_tokens.dims()[0]
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.embed_tokens.dims()[1]
+    }
+
+    pub fn device(&self) -> B::Device {
+        self.embed_tokens.device()
+    }
+
+    /// The decoder's hidden states after the final norm, `[batch, seq, hidden]`.
+    ///
+    /// `positions` are absolute positions `[batch, seq]`; `mask` is `[batch, 1, seq, past +
+    /// seq]` with `true` for blocked pairs (see [`build_attention_mask`]); with a cache, the new
+    /// keys and values are appended to it.
+    pub fn forward_hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: &Tensor<B, 2, Int>,
+        mask: &Tensor<B, 4, Bool>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let mut x = embedding(self.embed_tokens.val(), ids);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            x = layer.forward(x, &self.rope, positions, mask, layer_cache);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Logits `[batch, seq, vocab]` of hidden states `[batch, seq, hidden]`.
+    pub fn lm_head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, seq, d] = hidden.dims();
+        let h = hidden.reshape([batch * seq, d]);
+        let logits = match &self.lm_head {
+            Some(head) => h.matmul(head.val()),
+            None => h.matmul(self.embed_tokens.val().transpose()),
+        };
+        logits.reshape([batch, seq, self.vocab_size()])
+    }
+
+    /// Logits of unpadded rows of equal length (positions `0..seq`, causal mask only).
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [batch, seq] = ids.dims();
+        let device = ids.device();
+        let positions = int_tensor::<B>(&vec![(0..seq as i64).collect(); batch], &device);
+        let mask = build_attention_mask::<B>(batch, seq, 0, None, &device);
+        self.lm_head(self.forward_hidden(ids, &positions, &mask, None))
+    }
+
+    /// Logits of padded rows; `valid[b][t]` is false at padding. Works with left and right
+    /// padding; logits at padding positions are meaningless.
+    pub fn forward_padded(&self, ids: Tensor<B, 2, Int>, valid: &[Vec<bool>]) -> Tensor<B, 3> {
+        let [batch, seq] = ids.dims();
+        let device = ids.device();
+        let positions = int_tensor::<B>(&positions_from_mask(valid, None), &device);
+        let mask = build_attention_mask::<B>(batch, seq, 0, Some(valid), &device);
+        self.lm_head(self.forward_hidden(ids, &positions, &mask, None))
+    }
+
+    /// Every projection of the model, in layer order.
+    pub fn projection_ids(&self) -> Vec<ProjectionId> {
+        (0..self.layers.len())
+            .flat_map(|layer| {
+                ProjectionKind::ALL
+                    .into_iter()
+                    .map(move |kind| ProjectionId { layer, kind })
+            })
+            .collect()
+    }
+
+    /// The projection `id`; panics if `id.layer` is out of range (ids come from
+    /// [`Llama::projection_ids`]).
+    pub fn projection(&self, id: ProjectionId) -> &Projection<B> {
+        self.layers[id.layer].projection(id.kind)
+    }
+
+    pub fn projection_mut(&mut self, id: ProjectionId) -> &mut Projection<B> {
+        self.layers[id.layer].projection_mut(id.kind)
+    }
+
+    /// A new, empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Hyper-parameters of the attention blocks `(heads, kv_heads, head_dim)`.
+    pub fn attention_shape(&self) -> (usize, usize, usize) {
+        let a = &self.layers[0].self_attn;
+        (a.num_heads, a.num_kv_heads, a.head_dim)
+    }
+
+    /// Sanity helper for tests: the configuration this model was built from matches `config`.
+    pub fn matches(&self, config: &LlamaConfig) -> bool {
+        self.layers.len() == config.num_layers
+            && self.vocab_size() == config.vocab_size
+            && self.hidden_size() == config.hidden_size
+            && self.attention_shape() == (config.num_heads, config.num_kv_heads, config.head_dim)
+    }
+}
