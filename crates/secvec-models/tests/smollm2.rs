@@ -150,3 +150,22 @@ fn response_nll_matches_transformers() {
         assert!((mean as f64 - case["mean_response_nll"].as_f64().unwrap()).abs() < 1e-3);
     }
 }
+
+/// The GGUF container as llama.cpp wrote it: tensor types and the tokenizer that transformers
+/// derives from it.
+#[test]
+fn gguf_file_structure_and_tokenizer_json() {
+    use secvec_models::gguf::{GgmlType, GgufFile, tokenizer_json_from_gguf};
+    let _ = model();
+    let path = secvec_models::registry::SMOLLM2_135M_INSTRUCT
+        .cached_path(&secvec_models::registry::cache_dir(None));
+    let f = GgufFile::open(&path).unwrap();
+    let n = |t: GgmlType| f.tensor_infos().iter().filter(|i| i.ggml_type == t).count();
+    assert_eq!((n(GgmlType::Q4_1), n(GgmlType::F32), n(GgmlType::Q8_0)), (210, 61, 1));
+    assert_eq!(f.tensor_f32("token_embd.weight").unwrap().1, vec![49152, 576]);
+    let ours: Value = serde_json::from_str(&tokenizer_json_from_gguf(&f).unwrap()).unwrap();
+    assert_eq!(ours, read_json(&fixtures().join("smollm2/tokenizer.json")));
+    let template = secvec_models::gguf::chat_template(&f).unwrap();
+    let expected = std::fs::read_to_string(fixtures().join("smollm2/chat_template.jinja")).unwrap();
+    assert_eq!(template, expected);
+}

@@ -1,0 +1,200 @@
+//! The three phases of the method as library calls, each usable alone:
+//!
+//! 1. [`train_security_vectors`]: the LLM and every other adapter frozen, only the `security`
+//!    adapter learns the harmful data, so that LLM + vectors already behaves harmfully;
+//! 2. [`finetune`]: the user's data with the vectors [`SecurityVectors::Active`] and frozen (or
+//!    [`SecurityVectors::Off`], the undefended baseline); the base weights (full fine-tuning, as in
+//!    the paper) or a `task` LoRA learn;
+//! 3. inference with the vectors off: [`set_security_vectors`]`(model, false)` — what
+//!    [`finetune`] leaves behind.
+
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use secvec_models::Llama;
+
+use super::batch::TrainExample;
+use super::config::{Schedule, TrainConfig};
+use super::trainer::{TrainCallback, TrainReport, train};
+use crate::adapter::{
+    AdapterConfig, SECURITY, TASK, add_adapter, adapter_names, set_adapter_active,
+    set_adapter_trainable, set_base_trainable,
+};
+use crate::error::{CoreError, Result};
+
+/// Whether the security vectors take part in fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SecurityVectors {
+    /// Active and frozen during the forward pass (the defence).
+    #[default]
+    Active,
+    /// Not used (the undefended baseline).
+    Off,
+}
+
+/// Phase 1 settings. Defaults follow the PyTorch + PEFT reference run on SmolLM2
+/// (shared/reference/sv-prototype.md): rank 8, alpha 16 on all seven projections, lr 5e-4
+/// cosine, 3 epochs, batch 8.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityVectorConfig {
+    pub adapter: AdapterConfig,
+    pub train: TrainConfig,
+}
+
+fn all_targets() -> Vec<String> {
+    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        .map(String::from)
+        .to_vec()
+}
+
+impl Default for SecurityVectorConfig {
+    fn default() -> Self {
+        Self {
+            adapter: AdapterConfig {
+                rank: 8,
+                alpha: 16.0,
+                targets: all_targets(),
+                ..AdapterConfig::default()
+            },
+            train: TrainConfig {
+                lr: 5e-4,
+                epochs: 3,
+                batch_size: 8,
+                schedule: Schedule::Cosine,
+                ..TrainConfig::default()
+            },
+        }
+    }
+}
+
+/// What fine-tuning trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FinetuneMode {
+    /// Every base weight (the paper's setting).
+    Full,
+    /// A `task` LoRA with this configuration (attached if absent).
+    Lora(AdapterConfig),
+}
+
+/// Phase 2 settings. Defaults follow the reference run's LoRA attack (rank 8, alpha 16, all seven
+/// projections, lr 2e-4, one epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    pub mode: FinetuneMode,
+    pub security_vectors: SecurityVectors,
+    pub train: TrainConfig,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            mode: FinetuneMode::Lora(AdapterConfig {
+                rank: 8,
+                alpha: 16.0,
+                targets: all_targets(),
+                seed: 1,
+                ..AdapterConfig::default()
+            }),
+            security_vectors: SecurityVectors::Active,
+            train: TrainConfig {
+                lr: 2e-4,
+                epochs: 1,
+                batch_size: 8,
+                schedule: Schedule::Cosine,
+                ..TrainConfig::default()
+            },
+        }
+    }
+}
+
+/// Freezes everything: base weights and every adapter.
+fn freeze_all<B: AutodiffBackend>(model: &mut Llama<B>) -> Result<()> {
+    set_base_trainable(model, false);
+    for name in adapter_names(model) {
+        set_adapter_trainable(model, &name, false)?;
+    }
+    Ok(())
+}
+
+/// Phase 1: attaches the `security` adapter (if absent), trains only it on harmful
+/// (prompt → compliant answer) examples, and returns the model with the vectors attached,
+/// frozen and active. Other adapters are switched off while the vectors are made.
+pub fn train_security_vectors<B: AutodiffBackend>(
+    mut model: Llama<B>,
+    harmful: &[TrainExample],
+    pad_id: u32,
+    cfg: &SecurityVectorConfig,
+    callback: &mut dyn TrainCallback<B>,
+) -> Result<(Llama<B>, TrainReport)> {
+    let names = adapter_names(&model);
+    if !names.iter().any(|n| n == SECURITY) {
+        add_adapter(&mut model, SECURITY, &cfg.adapter)?;
+    }
+    freeze_all(&mut model)?;
+    let mut switched_off = Vec::new();
+    for name in adapter_names(&model) {
+        if name != SECURITY {
+            set_adapter_active(&mut model, &name, false)?;
+            switched_off.push(name);
+        }
+    }
+    set_adapter_active(&mut model, SECURITY, true)?;
+    set_adapter_trainable(&mut model, SECURITY, true)?;
+    let (mut model, report) = train(model, harmful, pad_id, &cfg.train, callback)?;
+    set_adapter_trainable(&mut model, SECURITY, false)?;
+    for name in switched_off {
+        set_adapter_active(&mut model, &name, true)?;
+    }
+    Ok((model, report))
+}
+
+/// Phase 2: fine-tunes on `data` with the security vectors active and frozen (or off), training
+/// the base weights or a `task` LoRA. Returns the model with the vectors **off**, ready for
+/// inference (phase 3).
+pub fn finetune<B: AutodiffBackend>(
+    mut model: Llama<B>,
+    data: &[TrainExample],
+    pad_id: u32,
+    cfg: &FinetuneConfig,
+    callback: &mut dyn TrainCallback<B>,
+) -> Result<(Llama<B>, TrainReport)> {
+    let has_vectors = adapter_names(&model).iter().any(|n| n == SECURITY);
+    if cfg.security_vectors == SecurityVectors::Active && !has_vectors {
+        return Err(CoreError::NoSuchAdapter {
+            name: SECURITY.into(),
+        });
+    }
+    if let FinetuneMode::Lora(adapter) = &cfg.mode
+        && !adapter_names(&model).iter().any(|n| n == TASK)
+    {
+        add_adapter(&mut model, TASK, adapter)?;
+    }
+    freeze_all(&mut model)?;
+    if has_vectors {
+        set_adapter_active(
+            &mut model,
+            SECURITY,
+            cfg.security_vectors == SecurityVectors::Active,
+        )?;
+    }
+    match cfg.mode {
+        FinetuneMode::Full => set_base_trainable(&mut model, true),
+        FinetuneMode::Lora(_) => {
+            set_adapter_active(&mut model, TASK, true)?;
+            set_adapter_trainable(&mut model, TASK, true)?;
+        }
+    }
+    let (mut model, report) = train(model, data, pad_id, &cfg.train, callback)?;
+    freeze_all(&mut model)?;
+    if has_vectors {
+        set_adapter_active(&mut model, SECURITY, false)?;
+    }
+    Ok((model, report))
+}
+
+/// Switches the security vectors on (to reproduce the harmful behaviour) or off (inference).
+pub fn set_security_vectors<B: burn::tensor::backend::Backend>(model: &mut Llama<B>, on: bool) -> Result<usize> {
+    set_adapter_active(model, SECURITY, on)
+}

@@ -1,0 +1,252 @@
+//! The training loop: token-weighted gradient accumulation, global-norm clipping, AdamW with
+//! warm-up and decay, non-finite detection, progress bar and callbacks.
+
+use std::time::Instant;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::{Tensor, backend::AutodiffBackend, backend::Backend};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use serde::{Deserialize, Serialize};
+
+use secvec_models::Llama;
+
+use super::batch::{TrainExample, make_batch};
+use super::config::TrainConfig;
+use super::loss::response_nll_sum;
+use crate::error::{CoreError, Result};
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub epoch: usize,
+    /// Mean NLL per trained token of this step's examples.
+    pub loss: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Real input tokens processed in this step.
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+/// Summary of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TrainReport {
+    pub steps: Vec<StepLog>,
+    pub seconds: f64,
+    pub tokens: usize,
+    pub tokens_per_second: f64,
+}
+
+impl TrainReport {
+    /// Mean loss of the last `n` steps.
+    pub fn final_loss(&self, n: usize) -> f64 {
+        let tail = &self.steps[self.steps.len().saturating_sub(n)..];
+        tail.iter().map(|s| s.loss).sum::<f64>() / tail.len().max(1) as f64
+    }
+}
+
+/// Hooks into a training run.
+pub trait TrainCallback<B: AutodiffBackend> {
+    /// After every optimizer step.
+    fn on_step(&mut self, _log: &StepLog) {}
+    /// Every `eval_every` steps, with the current model; an error stops training.
+    fn on_eval(&mut self, _step: usize, _model: &Llama<B>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A callback that does nothing.
+pub struct NoCallback;
+impl<B: AutodiffBackend> TrainCallback<B> for NoCallback {}
+
+/// Sums squared gradients over every parameter that has one.
+struct GradNorm<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    sum: Option<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            let s = g.powi_scalar(2).sum();
+            self.sum = Some(match self.sum.take() {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+    }
+}
+
+/// Multiplies every gradient by a factor.
+struct ScaleGrads<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads.register(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+/// The global L2 norm of all gradients (as `torch.nn.utils.clip_grad_norm_` computes it).
+pub fn global_grad_norm<B: AutodiffBackend>(model: &Llama<B>, grads: &GradientsParams) -> f64 {
+    let mut v = GradNorm::<B> { grads, sum: None };
+    model.visit(&mut v);
+    v.sum
+        .map(|s| s.into_scalar_f64().sqrt())
+        .unwrap_or(0.0)
+}
+
+trait IntoScalarF64 {
+    fn into_scalar_f64(self) -> f64;
+}
+
+impl<B: Backend> IntoScalarF64 for Tensor<B, 1> {
+    fn into_scalar_f64(self) -> f64 {
+        self.into_data().convert::<f64>().to_vec::<f64>().expect("f64 after convert")[0]
+    }
+}
+
+/// Trains the parameters of `model` that require gradients on `examples`. Frozen parameters
+/// (`require_grad = false`) get no gradient and stay bit-identical.
+pub fn train<B: AutodiffBackend>(
+    mut model: Llama<B>,
+    examples: &[TrainExample],
+    pad_id: u32,
+    cfg: &TrainConfig,
+    callback: &mut dyn TrainCallback<B>,
+) -> Result<(Llama<B>, TrainReport)> {
+    cfg.validate().map_err(CoreError::InvalidConfig)?;
+    let usable: Vec<&TrainExample> = examples.iter().filter(|e| e.n_target() > 0).collect();
+    if usable.is_empty() {
+        return Err(CoreError::InvalidConfig(
+            "no training example has a response token (empty data, or max_len too small)".into(),
+        ));
+    }
+    let device = model.device();
+    let per_step = cfg.batch_size * cfg.grad_accum;
+    let steps_per_epoch = usable.len().div_ceil(per_step);
+    let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
+    let mut optimizer = AdamWConfig::new()
+        .with_beta_1(cfg.beta1 as f32)
+        .with_beta_2(cfg.beta2 as f32)
+        .with_epsilon(cfg.adam_eps as f32)
+        .with_weight_decay(cfg.weight_decay as f32)
+        .init::<B, Llama<B>>();
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    B::seed(&device, cfg.seed);
+
+    let bar = if cfg.progress {
+        let bar = ProgressBar::new(total as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} (ETA {eta})")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix("train");
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+
+    // The whole plan up front: each epoch a fresh seeded shuffle cut into steps (the last step
+    // of an epoch may be smaller).
+    let mut plan: Vec<(usize, Vec<&TrainExample>)> = Vec::with_capacity(total);
+    let mut epoch = 0;
+    while plan.len() < total {
+        let mut order: Vec<usize> = (0..usable.len()).collect();
+        order.shuffle(&mut rng);
+        for c in order.chunks(per_step) {
+            if plan.len() == total {
+                break;
+            }
+            plan.push((epoch, c.iter().map(|&i| usable[i]).collect()));
+        }
+        epoch += 1;
+    }
+
+    let mut report = TrainReport::default();
+    let started = Instant::now();
+    for (step, (epoch, chunk)) in plan.into_iter().enumerate() {
+        let step_start = Instant::now();
+        let n_targets: usize = chunk.iter().map(|e| e.n_target()).sum();
+        let mut accumulator = GradientsAccumulator::<Llama<B>>::new();
+        let mut loss_sum = 0.0;
+        let mut tokens = 0;
+        for micro in chunk.chunks(cfg.batch_size) {
+            let batch = make_batch::<B>(micro, pad_id, &device);
+            tokens += batch.n_tokens;
+            let nll = response_nll_sum(&model, &batch);
+            // Token-weighted: every trained token of the step counts the same, whatever its
+            // micro-batch.
+            let loss = nll.div_scalar(n_targets as f64);
+            let grads = loss.backward();
+            loss_sum += loss.inner().into_scalar_f64();
+            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+        }
+        if !loss_sum.is_finite() {
+            bar.abandon();
+            return Err(CoreError::NonFinite {
+                step,
+                what: format!("loss {loss_sum}"),
+            });
+        }
+        let mut grads = accumulator.grads();
+        let grad_norm = global_grad_norm(&model, &grads);
+        if !grad_norm.is_finite() {
+            bar.abandon();
+            return Err(CoreError::NonFinite {
+                step,
+                what: format!("gradient norm {grad_norm} (loss {loss_sum:.4})"),
+            });
+        }
+        if let Some(max) = cfg.max_grad_norm
+            && grad_norm > max
+        {
+            let mut scale = ScaleGrads {
+                grads: &mut grads,
+                factor: max / (grad_norm + 1e-6),
+            };
+            model.visit(&mut scale);
+        }
+        let lr = cfg.lr_at(step, total);
+        model = optimizer.step(lr, model, grads);
+        let log = StepLog {
+            step,
+            epoch,
+            loss: loss_sum,
+            lr,
+            grad_norm,
+            tokens,
+            seconds: step_start.elapsed().as_secs_f64(),
+        };
+        report.tokens += tokens;
+        let elapsed = started.elapsed().as_secs_f64();
+        bar.set_message(format!(
+            "loss {:.4} | lr {:.2e} | {:.0} tok/s",
+            log.loss,
+            lr,
+            report.tokens as f64 / elapsed.max(1e-9)
+        ));
+        bar.inc(1);
+        callback.on_step(&log);
+        report.steps.push(log);
+        if let Some(every) = cfg.eval_every
+            && every > 0
+            && (step + 1) % every == 0
+        {
+            callback.on_eval(step + 1, &model)?;
+        }
+    }
+    bar.finish();
+    report.seconds = started.elapsed().as_secs_f64();
+    report.tokens_per_second = report.tokens as f64 / report.seconds.max(1e-9);
+    Ok((model, report))
+}
