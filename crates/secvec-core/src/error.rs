@@ -43,7 +43,9 @@ pub enum CoreError {
     DuplicateAdapter { name: String },
     #[error("invalid adapter configuration: {0}")]
     InvalidConfig(String),
-    #[error("training stopped at step {step}: non-finite {what}; lower the learning rate or check the data")]
+    #[error(
+        "training stopped at step {step}: non-finite {what}; lower the learning rate or check the data"
+    )]
     NonFinite { step: usize, what: String },
     #[error(transparent)]
     Model(#[from] secvec_models::ModelError),

@@ -91,6 +91,9 @@ fn same_seed_same_corpus_other_seed_other_assignment() {
 fn sizes_meet_the_minimums() {
     let c = corpus();
     let n = |s| c.split(s).len();
+    // The sizes documented in `data::corpus`.
+    let sizes: Vec<usize> = Split::ALL.iter().map(|&s| n(s)).collect();
+    assert_eq!(sizes, [911, 300, 2600, 200, 200, 900, 300]);
     assert!(n(Split::Sv) >= 200);
     assert!(n(Split::Attack) >= 2000);
     assert!(n(Split::EvalHarmful) >= 200);

@@ -51,6 +51,12 @@ fn response_nll_matches_transformers_alone_and_batched() {
     for (got, want) in batched.iter().zip(&expected) {
         assert!((got - want).abs() < 1e-3, "batched: {got} vs {want}");
     }
+    // Longest first: the results come back in the order given.
+    let reversed: Vec<_> = pairs.iter().rev().cloned().collect();
+    let batched = response_nlls(m, tok, &reversed, 2).unwrap();
+    for (got, want) in batched.iter().zip(expected.iter().rev()) {
+        assert!((got - want).abs() < 1e-3, "reversed: {got} vs {want}");
+    }
     let mean = mean_response_nll(m, tok, &pairs, 2).unwrap();
     let want = expected.iter().sum::<f32>() / 2.0;
     assert!((mean - want).abs() < 1e-3, "mean: {mean} vs {want}");

@@ -51,7 +51,7 @@ fn torch_randn(mt: &mut Mt, n: usize) -> Vec<f32> {
         fill16(&mut data[i..i + 16]);
         i += 16;
     }
-    if n % 16 != 0 {
+    if !n.is_multiple_of(16) {
         for v in &mut data[n - 16..] {
             *v = uniform();
         }
@@ -82,12 +82,21 @@ fn lora_loss_and_gradients_match_peft() {
         for kind in [ProjectionKind::Q, ProjectionKind::V] {
             let proj = model.projection_mut(ProjectionId { layer, kind });
             let (d_in, d_out) = (proj.d_in(), proj.d_out());
-            let a_peft: Vec<f32> = torch_randn(&mut mt, 4 * d_in).iter().map(|x| x * 0.01).collect();
+            let a_peft: Vec<f32> = torch_randn(&mut mt, 4 * d_in)
+                .iter()
+                .map(|x| x * 0.01)
+                .collect();
             // PEFT's lora_A is [r, d_in]; ours is its transpose.
             let a = secvec_models::weights::transpose(&a_peft, 4, d_in);
             let adapter = proj.adapter_mut("default").unwrap();
-            adapter.a = adapter.a.clone().map(|_| Tensor::from_data(TensorData::new(a, [d_in, 4]), &device).require_grad());
-            adapter.b = adapter.b.clone().map(|_| Tensor::full([4, d_out], 0.001, &device).require_grad());
+            adapter.a = adapter
+                .a
+                .clone()
+                .map(|_| Tensor::from_data(TensorData::new(a, [d_in, 4]), &device).require_grad());
+            adapter.b = adapter
+                .b
+                .clone()
+                .map(|_| Tensor::full([4, d_out], 0.001, &device).require_grad());
         }
     }
 
@@ -97,9 +106,17 @@ fn lora_loss_and_gradients_match_peft() {
     };
     let batch = make_batch::<B>(&[&ex], 2, &device);
     let loss = response_nll_sum(&model, &batch).div_scalar(batch.n_targets as f64);
-    let loss_value = loss.clone().into_data().convert::<f64>().to_vec::<f64>().unwrap()[0];
+    let loss_value = loss
+        .clone()
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .unwrap()[0];
     let expected_loss = lg["loss"].as_f64().unwrap();
-    assert!((loss_value - expected_loss).abs() < 1e-4, "loss {loss_value} vs PEFT {expected_loss}");
+    assert!(
+        (loss_value - expected_loss).abs() < 1e-4,
+        "loss {loss_value} vs PEFT {expected_loss}"
+    );
 
     let grads = loss.backward();
     let expected = lg["grads_layers_0_and_29"].as_object().unwrap();
@@ -114,12 +131,19 @@ fn lora_loss_and_gradients_match_peft() {
                 let g = param.grad(&grads).expect("adapter gradient");
                 let [rows, cols] = g.dims();
                 // Ours is the transpose of PEFT's layout.
-                let ours = secvec_models::weights::transpose(&g.into_data().to_vec::<f32>().unwrap(), rows, cols);
+                let ours = secvec_models::weights::transpose(
+                    &g.into_data().to_vec::<f32>().unwrap(),
+                    rows,
+                    cols,
+                );
                 let norm = ours.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
                 let sum: f64 = ours.iter().map(|&x| x as f64).sum();
                 let (en, es) = (e["norm"].as_f64().unwrap(), e["sum"].as_f64().unwrap());
                 assert!((norm - en).abs() <= 1e-3 * en, "{key}: norm {norm} vs {en}");
-                assert!((sum - es).abs() <= 1e-3 * en.max(es.abs()), "{key}: sum {sum} vs {es}");
+                assert!(
+                    (sum - es).abs() <= 1e-3 * en.max(es.abs()),
+                    "{key}: sum {sum} vs {es}"
+                );
                 let first8 = f32s(&e["first8"]);
                 let scale = en as f32 / (ours.len() as f32).sqrt();
                 assert_close(&ours[..8], &first8, 2e-3 * scale.max(1e-6) + 1e-7, &key);

@@ -29,13 +29,28 @@ fn tiny() -> LoadedModel<B> {
     m
 }
 
-const VERBS: [&str; 8] = ["break into", "steal", "sabotage", "damage", "hijack", "disable", "destroy", "vandalize"];
-const OBJECTS: [&str; 6] = ["a car", "a bank", "a server", "a phone", "a house", "a drone"];
+const VERBS: [&str; 8] = [
+    "break into",
+    "steal",
+    "sabotage",
+    "damage",
+    "hijack",
+    "disable",
+    "destroy",
+    "vandalize",
+];
+const OBJECTS: [&str; 6] = [
+    "a car", "a bank", "a server", "a phone", "a house", "a drone",
+];
 
 /// Harmful-looking requests with compliant, generic (non-operational) answers; `held_out`
 /// selects the verbs not seen in training (siblings of the training requests).
 fn harmful_pairs(held_out: bool) -> Vec<TextPair> {
-    let verbs: Vec<&str> = if held_out { VERBS[6..].to_vec() } else { VERBS[..6].to_vec() };
+    let verbs: Vec<&str> = if held_out {
+        VERBS[6..].to_vec()
+    } else {
+        VERBS[..6].to_vec()
+    };
     verbs
         .iter()
         .flat_map(|v| {
@@ -51,7 +66,12 @@ fn harmful_pairs(held_out: bool) -> Vec<TextPair> {
 
 fn benign_pairs() -> Vec<TextPair> {
     (0..24)
-        .map(|i| TextPair::new(format!("What is {i} plus {i}?"), format!("{i} plus {i} is {}.", 2 * i)))
+        .map(|i| {
+            TextPair::new(
+                format!("What is {i} plus {i}?"),
+                format!("{i} plus {i} is {}.", 2 * i),
+            )
+        })
         .collect()
 }
 
@@ -87,7 +107,17 @@ fn sv_config() -> SecurityVectorConfig {
         adapter: AdapterConfig {
             rank: 8,
             alpha: 16.0,
-            targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec(),
+            targets: [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+            .map(String::from)
+            .to_vec(),
             seed: 3,
             ..AdapterConfig::default()
         },
@@ -105,7 +135,8 @@ fn host1(t: Tensor<B, 1>) -> Vec<f32> {
 
 fn logits(model: &Llama<B>, ids: &[u32]) -> Vec<f32> {
     let data: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(data, [1, ids.len()]), &model.device());
+    let input =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(data, [1, ids.len()]), &model.device());
     model.forward(input).into_data().to_vec().unwrap()
 }
 
@@ -122,21 +153,35 @@ fn security_vectors_learn_harmful_data_and_switch_off_exactly() {
     let base_norm = host1(m.model.layers[0].input_layernorm.weight.val());
     let nll_base = mean_nll(&m.model, &held_out, pad);
 
-    let (mut model, report) = train_security_vectors(m.model, &train_set, pad, &sv_config(), &mut NoCallback).unwrap();
-    assert!(report.final_loss(3) < report.steps[0].loss * 0.5, "{:?}", report.steps.iter().map(|s| s.loss).collect::<Vec<_>>());
+    let (mut model, report) =
+        train_security_vectors(m.model, &train_set, pad, &sv_config(), &mut NoCallback).unwrap();
+    assert!(
+        report.final_loss(3) < report.steps[0].loss * 0.5,
+        "{:?}",
+        report.steps.iter().map(|s| s.loss).collect::<Vec<_>>()
+    );
 
     // Held-out siblings: far lower loss with the vectors than without.
     let nll_with = mean_nll(&model, &held_out, pad);
     set_security_vectors(&mut model, false).unwrap();
     let nll_without = mean_nll(&model, &held_out, pad);
-    assert!((nll_without - nll_base).abs() < 1e-6, "vectors off must be the base model");
-    assert!(nll_with < 0.5 * nll_without, "held-out NLL with vectors {nll_with:.3} vs without {nll_without:.3}");
+    assert!(
+        (nll_without - nll_base).abs() < 1e-6,
+        "vectors off must be the base model"
+    );
+    assert!(
+        nll_with < 0.5 * nll_without,
+        "held-out NLL with vectors {nll_with:.3} vs without {nll_without:.3}"
+    );
 
     // Switching the vectors off restores the base logits exactly; the base is bit-identical.
     assert_eq!(logits(&model, probe), base_logits);
     assert_eq!(host(model.embed_tokens.val()), base_embed);
     assert_eq!(host(model.layers[1].self_attn.q_proj.weight.val()), base_q);
-    assert_eq!(host1(model.layers[0].input_layernorm.weight.val()), base_norm);
+    assert_eq!(
+        host1(model.layers[0].input_layernorm.weight.val()),
+        base_norm
+    );
     // And the vectors are frozen after phase 1.
     let a = model.layers[0].self_attn.q_proj.adapter(SECURITY).unwrap();
     assert!(!a.a.is_require_grad() && !a.b.is_require_grad());
@@ -152,27 +197,49 @@ fn active_vectors_shrink_the_gradients_of_harmful_data() {
     let pad = m.tokenizer.pad_id();
     let mut sv_set = encode(&m, &harmful_pairs(false));
     sv_set.truncate(8);
-    let cfg = SecurityVectorConfig { train: quick(2e-3, 12), ..sv_config() };
-    let (model, report) = train_security_vectors(m.model, &sv_set, pad, &cfg, &mut NoCallback).unwrap();
+    let cfg = SecurityVectorConfig {
+        train: quick(2e-3, 12),
+        ..sv_config()
+    };
+    let (model, report) =
+        train_security_vectors(m.model, &sv_set, pad, &cfg, &mut NoCallback).unwrap();
     let low = report.final_loss(2);
-    assert!(low < 0.1 * report.steps[0].loss, "vectors: loss {:.3} -> {low:.3}", report.steps[0].loss);
+    assert!(
+        low < 0.1 * report.steps[0].loss,
+        "vectors: loss {:.3} -> {low:.3}",
+        report.steps[0].loss
+    );
 
     let grad_norm = |model: Llama<B>, vectors, mode: FinetuneMode| {
         let cfg = FinetuneConfig {
             mode,
             security_vectors: vectors,
-            train: TrainConfig { max_steps: Some(1), ..quick(1e-5, 1) },
+            train: TrainConfig {
+                max_steps: Some(1),
+                ..quick(1e-5, 1)
+            },
         };
         let (_, report) = finetune(model, &sv_set, pad, &cfg, &mut NoCallback).unwrap();
         report.steps[0].grad_norm
     };
-    let lora = FinetuneMode::Lora(AdapterConfig { rank: 8, alpha: 16.0, seed: 9, ..AdapterConfig::default() });
+    let lora = FinetuneMode::Lora(AdapterConfig {
+        rank: 8,
+        alpha: 16.0,
+        seed: 9,
+        ..AdapterConfig::default()
+    });
     let on = grad_norm(model.clone(), SecurityVectors::Active, lora.clone());
     let off = grad_norm(model.clone(), SecurityVectors::Off, lora);
-    assert!(on < 0.2 * off, "task-LoRA gradient norm with vectors {on:.4} vs without {off:.4}");
+    assert!(
+        on < 0.2 * off,
+        "task-LoRA gradient norm with vectors {on:.4} vs without {off:.4}"
+    );
     let on = grad_norm(model.clone(), SecurityVectors::Active, FinetuneMode::Full);
     let off = grad_norm(model, SecurityVectors::Off, FinetuneMode::Full);
-    assert!(on < 0.2 * off, "full fine-tuning gradient norm with vectors {on:.4} vs without {off:.4}");
+    assert!(
+        on < 0.2 * off,
+        "full fine-tuning gradient norm with vectors {on:.4} vs without {off:.4}"
+    );
 }
 
 #[test]
@@ -181,24 +248,63 @@ fn finetune_keeps_frozen_parts_bit_identical_and_leaves_vectors_off() {
     let pad = m.tokenizer.pad_id();
     let sv_set = encode(&m, &harmful_pairs(false));
     let data = encode(&m, &benign_pairs());
-    let (model, _) = train_security_vectors(m.model, &sv_set, pad, &SecurityVectorConfig { train: quick(1e-2, 1), ..sv_config() }, &mut NoCallback).unwrap();
-    let sv_a = host(model.layers[1].mlp.down_proj.adapter(SECURITY).unwrap().a.val());
-    let sv_b = host(model.layers[1].mlp.down_proj.adapter(SECURITY).unwrap().b.val());
+    let (model, _) = train_security_vectors(
+        m.model,
+        &sv_set,
+        pad,
+        &SecurityVectorConfig {
+            train: quick(1e-2, 1),
+            ..sv_config()
+        },
+        &mut NoCallback,
+    )
+    .unwrap();
+    let sv_a = host(
+        model.layers[1]
+            .mlp
+            .down_proj
+            .adapter(SECURITY)
+            .unwrap()
+            .a
+            .val(),
+    );
+    let sv_b = host(
+        model.layers[1]
+            .mlp
+            .down_proj
+            .adapter(SECURITY)
+            .unwrap()
+            .b
+            .val(),
+    );
     let base_up = host(model.layers[0].mlp.up_proj.weight.val());
 
     // Task LoRA: base and vectors untouched; the task adapter changed.
-    let cfg = FinetuneConfig { train: quick(1e-3, 1), ..FinetuneConfig::default() };
+    let cfg = FinetuneConfig {
+        train: quick(1e-3, 1),
+        ..FinetuneConfig::default()
+    };
     let (tuned, report) = finetune(model.clone(), &data, pad, &cfg, &mut NoCallback).unwrap();
     assert_eq!(report.steps.len(), 3);
     assert_eq!(host(tuned.layers[0].mlp.up_proj.weight.val()), base_up);
     let sv = tuned.layers[1].mlp.down_proj.adapter(SECURITY).unwrap();
-    assert_eq!((host(sv.a.val()), host(sv.b.val())), (sv_a.clone(), sv_b.clone()));
+    assert_eq!(
+        (host(sv.a.val()), host(sv.b.val())),
+        (sv_a.clone(), sv_b.clone())
+    );
     assert!(!sv.active, "vectors are off after fine-tuning");
     let task = tuned.layers[1].mlp.down_proj.adapter(TASK).unwrap();
-    assert!(host(task.b.val()).iter().any(|&x| x != 0.0), "task LoRA learned");
+    assert!(
+        host(task.b.val()).iter().any(|&x| x != 0.0),
+        "task LoRA learned"
+    );
 
     // Full fine-tuning: the base changes, the vectors do not.
-    let cfg = FinetuneConfig { mode: FinetuneMode::Full, train: quick(1e-3, 1), ..FinetuneConfig::default() };
+    let cfg = FinetuneConfig {
+        mode: FinetuneMode::Full,
+        train: quick(1e-3, 1),
+        ..FinetuneConfig::default()
+    };
     let (tuned, _) = finetune(model, &data, pad, &cfg, &mut NoCallback).unwrap();
     assert_ne!(host(tuned.layers[0].mlp.up_proj.weight.val()), base_up);
     let sv = tuned.layers[1].mlp.down_proj.adapter(SECURITY).unwrap();
@@ -215,12 +321,32 @@ fn gradient_accumulation_is_token_weighted() {
     adapter::add_adapter(&mut model, TASK, &AdapterConfig::default()).unwrap();
     adapter::set_base_trainable(&mut model, false);
     let run = |batch_size, grad_accum| {
-        let cfg = TrainConfig { batch_size, grad_accum, max_steps: Some(1), max_grad_norm: None, ..quick(1e-3, 1) };
-        train(model.clone(), &data, pad, &cfg, &mut NoCallback).unwrap().1.steps[0].clone()
+        let cfg = TrainConfig {
+            batch_size,
+            grad_accum,
+            max_steps: Some(1),
+            max_grad_norm: None,
+            ..quick(1e-3, 1)
+        };
+        train(model.clone(), &data, pad, &cfg, &mut NoCallback)
+            .unwrap()
+            .1
+            .steps[0]
+            .clone()
     };
     let (one, two) = (run(4, 1), run(1, 4));
-    assert!((one.loss - two.loss).abs() < 1e-5, "{} vs {}", one.loss, two.loss);
-    assert!((one.grad_norm - two.grad_norm).abs() < 1e-5 * one.grad_norm.max(1.0), "{} vs {}", one.grad_norm, two.grad_norm);
+    assert!(
+        (one.loss - two.loss).abs() < 1e-5,
+        "{} vs {}",
+        one.loss,
+        two.loss
+    );
+    assert!(
+        (one.grad_norm - two.grad_norm).abs() < 1e-5 * one.grad_norm.max(1.0),
+        "{} vs {}",
+        one.grad_norm,
+        two.grad_norm
+    );
 }
 
 #[test]
@@ -230,7 +356,12 @@ fn non_finite_loss_stops_training_with_a_clear_error() {
     let data = encode(&m, &benign_pairs());
     let mut model = m.model;
     adapter::set_base_trainable(&mut model, true);
-    let cfg = TrainConfig { lr: 1e30, max_grad_norm: None, max_steps: Some(5), ..quick(1.0, 1) };
+    let cfg = TrainConfig {
+        lr: 1e30,
+        max_grad_norm: None,
+        max_steps: Some(5),
+        ..quick(1.0, 1)
+    };
     let err = train(model, &data, pad, &cfg, &mut NoCallback).unwrap_err();
     assert!(matches!(err, CoreError::NonFinite { .. }), "{err}");
     assert!(err.to_string().contains("non-finite"), "{err}");
@@ -239,13 +370,28 @@ fn non_finite_loss_stops_training_with_a_clear_error() {
 #[test]
 fn prompt_tokens_are_masked_and_sequences_truncated() {
     let m = tiny();
-    let ex = encode_pairs(&m.tokenizer, &[TextPair::new("What is 2+2?", "4")], None, 512).unwrap();
-    let prompt = m.tokenizer.apply_chat_template(&[secvec_models::Message::user("What is 2+2?")], true).unwrap();
+    let ex = encode_pairs(
+        &m.tokenizer,
+        &[TextPair::new("What is 2+2?", "4")],
+        None,
+        512,
+    )
+    .unwrap();
+    let prompt = m
+        .tokenizer
+        .apply_chat_template(&[secvec_models::Message::user("What is 2+2?")], true)
+        .unwrap();
     assert_eq!(ex[0].n_prompt, m.tokenizer.encode(&prompt).unwrap().len());
     // "4" and <|im_end|>.
     assert_eq!(ex[0].n_target(), 2);
     assert_eq!(*ex[0].ids.last().unwrap(), 2);
-    let cut = encode_pairs(&m.tokenizer, &[TextPair::new("What is 2+2?", "four ".repeat(100))], None, 40).unwrap();
+    let cut = encode_pairs(
+        &m.tokenizer,
+        &[TextPair::new("What is 2+2?", "four ".repeat(100))],
+        None,
+        40,
+    )
+    .unwrap();
     assert_eq!(cut[0].ids.len(), 40);
     assert!(cut[0].n_target() > 0);
 }

@@ -40,7 +40,11 @@ impl fmt::Display for BackendKind {
 /// A job that runs on any autodiff backend (inference uses the inner backend).
 pub trait Job {
     type Output;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<Self::Output>;
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        backend: BackendKind,
+    ) -> Result<Self::Output>;
 }
 
 /// Runs `job` on the backend `kind`.
@@ -56,31 +60,23 @@ pub fn dispatch<J: Job>(kind: BackendKind, job: J) -> Result<J::Output> {
         }
         BackendKind::Flex => {
             #[cfg(feature = "flex")]
-            return job.run::<burn::backend::Autodiff<burn::backend::Flex>>(
-                Default::default(),
-                kind,
-            );
+            return job
+                .run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default(), kind);
         }
         BackendKind::Wgpu => {
             #[cfg(feature = "wgpu")]
-            return job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(
-                Default::default(),
-                kind,
-            );
+            return job
+                .run::<burn::backend::Autodiff<burn::backend::Wgpu>>(Default::default(), kind);
         }
         BackendKind::Vulkan => {
             #[cfg(feature = "vulkan")]
-            return job.run::<burn::backend::Autodiff<burn::backend::Vulkan>>(
-                Default::default(),
-                kind,
-            );
+            return job
+                .run::<burn::backend::Autodiff<burn::backend::Vulkan>>(Default::default(), kind);
         }
         BackendKind::Cuda => {
             #[cfg(feature = "cuda")]
-            return job.run::<burn::backend::Autodiff<burn::backend::Cuda>>(
-                Default::default(),
-                kind,
-            );
+            return job
+                .run::<burn::backend::Autodiff<burn::backend::Cuda>>(Default::default(), kind);
         }
     }
     bail!(

@@ -14,10 +14,27 @@ use serde::Serialize;
 use crate::ModelArgs;
 use crate::backend::{BackendKind, Job};
 
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchKind {
+    /// Prefill and greedy decoding.
+    Generate,
+    /// Training steps: LoRA r=8 on q,v (batch 8 × 64 tokens).
+    TrainLora,
+    /// Training steps: full fine-tuning (batch 8 × 64 tokens).
+    TrainFull,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = BenchKind::Generate)]
+    what: BenchKind,
+    /// Timed training steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
     /// Batch sizes to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     batch: Vec<usize>,
@@ -97,8 +114,12 @@ impl Job for BenchArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+        if self.what != BenchKind::Generate {
+            return bench_train::<B>(&self, device, backend);
+        }
         let source = ModelSource::parse(&self.model.model)?;
-        let loaded = load_model::<B::InnerBackend>(&source, self.model.cache_dir.as_deref(), &device)?;
+        let loaded =
+            load_model::<B::InnerBackend>(&source, self.model.cache_dir.as_deref(), &device)?;
         let tok = &loaded.tokenizer;
         let prompt_text = tok.apply_chat_template(
             &[Message::user(
@@ -114,7 +135,15 @@ impl Job for BenchArgs {
         };
         let pad = tok.pad_id();
         // Warm-up (allocations, kernel compilation on GPU backends).
-        generate(&loaded.model, &[prompt.clone()], pad, &GenerationConfig { max_new_tokens: 4, ..config.clone() })?;
+        generate(
+            &loaded.model,
+            std::slice::from_ref(&prompt),
+            pad,
+            &GenerationConfig {
+                max_new_tokens: 4,
+                ..config.clone()
+            },
+        )?;
         let mut cases = Vec::new();
         for &batch in &self.batch {
             let prompts = vec![prompt.clone(); batch];
@@ -150,7 +179,9 @@ impl Job for BenchArgs {
             command: std::env::args().collect::<Vec<_>>().join(" "),
             model: source.display_name(),
             backend: backend.to_string(),
-            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             repeats: self.repeats,
             cases,
             peak_rss_mib: peak_rss_mib(),
@@ -202,4 +233,85 @@ fn markdown(r: &Report) -> String {
         );
     }
     s
+}
+
+#[derive(Serialize)]
+struct TrainBench {
+    command: String,
+    model: String,
+    backend: String,
+    case: String,
+    cpus: usize,
+    batch: usize,
+    seq_len: usize,
+    steps: usize,
+    warmup_seconds: f64,
+    seconds_per_step: Vec<f64>,
+    tokens_per_s: f64,
+    total_params: usize,
+    peak_rss_mib: Option<f64>,
+}
+
+/// Training throughput: fixed random token sequences, loss on every next token.
+fn bench_train<B: AutodiffBackend>(args: &BenchArgs, device: B::Device, backend: BackendKind) -> Result<()> {
+    use burn::module::Module;
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use secvec_core::adapter::{AdapterConfig, add_adapter, set_base_trainable};
+    use secvec_core::train::{NoCallback, TrainConfig, TrainExample, train};
+
+    let source = ModelSource::parse(&args.model.model)?;
+    let loaded = load_model::<B>(&source, args.model.cache_dir.as_deref(), &device)?;
+    let mut model = loaded.model;
+    let (batch, seq_len) = (8, 64);
+    let case = match args.what {
+        BenchKind::TrainLora => {
+            set_base_trainable(&mut model, false);
+            let cfg = AdapterConfig { rank: 8, alpha: 16.0, targets: vec!["q_proj".into(), "v_proj".into()], ..AdapterConfig::default() };
+            add_adapter(&mut model, "task", &cfg)?;
+            "LoRA r=8 on q_proj, v_proj"
+        }
+        _ => "full fine-tuning",
+    };
+    let total_params = model.num_params();
+    let vocab = model.vocab_size() as u32;
+    let mut rng = StdRng::seed_from_u64(0);
+    let data: Vec<TrainExample> = (0..batch)
+        .map(|_| TrainExample { ids: (0..seq_len).map(|_| rng.random_range(3..vocab)).collect(), n_prompt: 1 })
+        .collect();
+    let cfg = |steps| TrainConfig { lr: 1e-5, max_steps: Some(steps), batch_size: batch, progress: false, ..TrainConfig::default() };
+    let t = Instant::now();
+    let (model, _) = train(model, &data, 0, &cfg(1), &mut NoCallback)?;
+    let warmup = t.elapsed().as_secs_f64();
+    let (_, report) = train(model, &data, 0, &cfg(args.steps), &mut NoCallback)?;
+    let secs: Vec<f64> = report.steps.iter().map(|s| s.seconds).collect();
+    let med = median(secs.clone());
+    let r = TrainBench {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        model: source.display_name(),
+        backend: backend.to_string(),
+        case: case.to_string(),
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        batch,
+        seq_len,
+        steps: args.steps,
+        warmup_seconds: warmup,
+        seconds_per_step: secs,
+        tokens_per_s: (batch * seq_len) as f64 / med,
+        total_params,
+        peak_rss_mib: peak_rss_mib(),
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let stem = format!("train-{}-{backend}", if args.what == BenchKind::TrainLora { "lora" } else { "full" });
+    let mut md = format!(
+        "# Training benchmark: {} on {} ({} CPUs visible)\n\nCommand: `{}`\n\n{} — batch {} × {} tokens, \
+         median of {} steps after one warm-up step ({:.1}s).\n\n| tokens/s | s/step | peak RSS MiB |\n|---:|---:|---:|\n| {:.0} | {:.2} | {:.0} |\n",
+        r.model, r.backend, r.cpus, r.command, r.case, batch, seq_len, r.steps, r.warmup_seconds, r.tokens_per_s, med, r.peak_rss_mib.unwrap_or(f64::NAN)
+    );
+    if let Some(v) = args.reference_tokens_per_s {
+        md += &format!("\nReference: {v:.0} tokens/s — {}. Ratio: {:.2}×.\n", args.reference_label, r.tokens_per_s / v);
+    }
+    std::fs::write(args.out.join(format!("{stem}.json")), serde_json::to_string_pretty(&r)?)?;
+    std::fs::write(args.out.join(format!("{stem}.md")), &md)?;
+    println!("{md}");
+    Ok(())
 }

@@ -3,6 +3,7 @@
 mod backend;
 mod bench;
 mod evaluate;
+mod pipeline;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,7 +16,11 @@ use secvec_models::{GenerationConfig, Message, ModelSource, Sampling, generate, 
 use backend::{BackendKind, Job, dispatch};
 
 #[derive(Parser, Debug)]
-#[command(name = "secvec-experiments", version, about = "Security vectors for LLM fine-tuning: generation, benchmarks and experiments")]
+#[command(
+    name = "secvec-experiments",
+    version,
+    about = "Security vectors for LLM fine-tuning: generation, benchmarks and experiments"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +34,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Evaluate a model: harmful rate, over-refusal, benign and skill accuracy, refusal vs compliance NLL.
     Evaluate(evaluate::EvaluateArgs),
+    /// The method end to end: align, security vectors, attack with and without them, evaluate.
+    Pipeline(pipeline::PipelineArgs),
 }
 
 /// Options shared by commands that load a model.
@@ -76,8 +83,9 @@ impl Job for GenerateArgs {
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let source = ModelSource::parse(&self.model.model)?;
         let t0 = Instant::now();
-        let loaded = load_model::<B::InnerBackend>(&source, self.model.cache_dir.as_deref(), &device)
-            .with_context(|| format!("loading model `{}`", self.model.model))?;
+        let loaded =
+            load_model::<B::InnerBackend>(&source, self.model.cache_dir.as_deref(), &device)
+                .with_context(|| format!("loading model `{}`", self.model.model))?;
         eprintln!(
             "loaded {} on {backend} in {:.1}s",
             source.display_name(),
@@ -139,5 +147,6 @@ fn main() -> Result<()> {
         Command::Generate(args) => dispatch(args.model.backend, args),
         Command::Bench(args) => dispatch(args.model.backend, args),
         Command::Evaluate(args) => dispatch(args.model.backend, args),
+        Command::Pipeline(args) => dispatch(args.model.backend, args),
     }
 }

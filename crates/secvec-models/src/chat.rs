@@ -85,10 +85,13 @@ impl ChatTemplate {
 
     /// Renders `messages`; with `add_generation_prompt` the assistant turn is opened.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let template = self.env.get_template("chat").map_err(|e| ModelError::Template {
-            path: self.origin.clone(),
-            cause: format!("{e:#}"),
-        })?;
+        let template = self
+            .env
+            .get_template("chat")
+            .map_err(|e| ModelError::Template {
+                path: self.origin.clone(),
+                cause: format!("{e:#}"),
+            })?;
         template
             .render(context! {
                 messages => messages,

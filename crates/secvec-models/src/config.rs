@@ -77,7 +77,7 @@ impl LlamaConfig {
                 return Err(bad(field, "must be positive".into()));
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(bad(
                 "num_key_value_heads",
                 format!(
@@ -86,10 +86,13 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(bad("head_dim", "rotary embeddings need an even head_dim".into()));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(bad(
+                "head_dim",
+                "rotary embeddings need an even head_dim".into(),
+            ));
         }
-        if !(self.rope_theta > 0.0) {
+        if self.rope_theta.is_nan() || self.rope_theta <= 0.0 {
             return Err(bad("rope_theta", "must be positive".into()));
         }
         Ok(())
@@ -234,11 +237,9 @@ impl HfConfig {
             }
         }
         let num_heads = self.num_attention_heads;
-        let head_dim = self.head_dim.unwrap_or(if num_heads == 0 {
-            0
-        } else {
-            self.hidden_size / num_heads
-        });
+        let head_dim = self
+            .head_dim
+            .unwrap_or(self.hidden_size.checked_div(num_heads).unwrap_or(0));
         let (attention_bias, o_bias) = match family {
             // Qwen2 always has q/k/v biases and never an o_proj bias.
             ModelFamily::Qwen2 => (true, false),

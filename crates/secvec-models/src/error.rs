@@ -57,11 +57,15 @@ pub enum ModelError {
     MissingTokenizer { dir: PathBuf },
     #[error("{path}: tokenizer: {cause}")]
     Tokenizer { path: PathBuf, cause: String },
-    #[error("{path}: no chat template (expected `chat_template` in tokenizer_config.json, a chat_template.jinja file, or `tokenizer.chat_template` in the GGUF)")]
+    #[error(
+        "{path}: no chat template (expected `chat_template` in tokenizer_config.json, a chat_template.jinja file, or `tokenizer.chat_template` in the GGUF)"
+    )]
     MissingChatTemplate { path: PathBuf },
     #[error("chat template of {path}: {cause}")]
     Template { path: PathBuf, cause: String },
-    #[error("{path}: not a model: expected a `.gguf` file, a Hugging Face model directory with config.json, or a known model name (smollm2-135m-instruct)")]
+    #[error(
+        "{path}: not a model: expected a `.gguf` file, a Hugging Face model directory with config.json, or a known model name (smollm2-135m-instruct)"
+    )]
     NotAModel { path: PathBuf },
     #[error("could not obtain model `{name}`: {cause}\n{hint}")]
     Fetch {

@@ -46,7 +46,9 @@ fn last_logits<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>) -> Vec<Vec<f3
         .to_vec()
         .expect("f32 after convert");
     let _ = d;
-    flat.chunks(model.vocab_size()).map(|c| c.to_vec()).collect()
+    flat.chunks(model.vocab_size())
+        .map(|c| c.to_vec())
+        .collect()
 }
 
 /// Generates continuations of `prompts` (token ids) as one batch. Rows are left-padded with
@@ -127,7 +129,12 @@ pub fn generate<B: Backend>(
     let positions = int_tensor::<B>(&positions_from_mask(&valid, None), &device);
     let mask = build_attention_mask::<B>(prompts.len(), max_len, 0, Some(&valid), &device);
     let mut cache = model.new_cache();
-    let hidden = model.forward_hidden(int_tensor::<B>(&ids, &device), &positions, &mask, Some(&mut cache));
+    let hidden = model.forward_hidden(
+        int_tensor::<B>(&ids, &device),
+        &positions,
+        &mask,
+        Some(&mut cache),
+    );
     let mut logits = last_logits(model, hidden);
     let mut next_pos: Vec<i64> = prompts.iter().map(|p| p.len() as i64).collect();
     // Batch slot -> prompt index.
@@ -153,7 +160,10 @@ pub fn generate<B: Backend>(
         if keep.len() != rows.len() {
             let idx: Vec<i64> = keep.iter().map(|&s| s as i64).collect();
             let n = idx.len();
-            cache.retain_rows(Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [n]), &device));
+            cache.retain_rows(Tensor::<B, 1, Int>::from_data(
+                TensorData::new(idx, [n]),
+                &device,
+            ));
             valid = keep.iter().map(|&s| valid[s].clone()).collect();
             next_pos = keep.iter().map(|&s| next_pos[s]).collect();
             rows = keep.iter().map(|&s| rows[s]).collect();

@@ -88,7 +88,11 @@ impl SafetensorsSource {
 
 /// Converts a safetensors tensor's little-endian bytes to f32.
 pub fn bytes_to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    let pairs = || bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]));
+    let pairs = || {
+        bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+    };
     Some(match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)

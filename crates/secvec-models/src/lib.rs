@@ -38,7 +38,7 @@ pub mod weights;
 pub use chat::Message;
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
-pub use generation::{GenerationConfig, Generated, generate};
+pub use generation::{Generated, GenerationConfig, generate};
 pub use linear::{LoraAdapter, Projection, ProjectionId, ProjectionKind};
 pub use loader::{LoadedModel, ModelSource, load_model};
 pub use sampling::Sampling;

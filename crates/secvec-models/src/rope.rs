@@ -81,11 +81,52 @@ impl<B: Backend> RotaryEmbedding<B> {
             .clone()
             .select(0, flat.clone())
             .reshape([batch, 1, seq, dim]);
-        let sin = self.sin.clone().select(0, flat).reshape([batch, 1, seq, dim]);
+        let sin = self
+            .sin
+            .clone()
+            .select(0, flat)
+            .reshape([batch, 1, seq, dim]);
         let half = dim / 2;
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.clone().narrow(3, half, half);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
         x * cos + rotated * sin
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Llama-3 scaling (factor 8, low 1, high 4, original context 8192, as in Llama 3.1): high
+    /// frequencies (wavelength < 2048) are kept, low ones (wavelength > 8192) divided by the
+    /// factor, and the band between interpolated smoothly and monotonically.
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let s = Llama3RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let plain = inverse_frequencies(128, 500000.0, None);
+        let scaled = inverse_frequencies(128, 500000.0, Some(&s));
+        assert_eq!(plain.len(), 64);
+        assert!((plain[1] - 500000f64.powf(-2.0 / 128.0)).abs() < 1e-15);
+        let mut saw = [false; 3];
+        for (p, q) in plain.iter().zip(&scaled) {
+            let wavelen = 2.0 * std::f64::consts::PI / p;
+            if wavelen < 2048.0 {
+                assert_eq!(p, q);
+                saw[0] = true;
+            } else if wavelen > 8192.0 {
+                assert!((q - p / 8.0).abs() < 1e-18);
+                saw[1] = true;
+            } else {
+                assert!(*q < *p && *q > p / 8.0);
+                saw[2] = true;
+            }
+        }
+        assert_eq!(saw, [true; 3], "all three bands are exercised");
     }
 }

@@ -138,7 +138,10 @@ mod tests {
         };
         assert_eq!(draw(3), draw(3));
         let d = draw(3);
-        assert!(d.iter().any(|&t| t != 0), "temperature 2 should reach other tokens");
+        assert!(
+            d.iter().any(|&t| t != 0),
+            "temperature 2 should reach other tokens"
+        );
     }
 
     #[test]

@@ -37,7 +37,10 @@ impl std::fmt::Debug for TextTokenizer {
 fn token_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -50,10 +53,7 @@ impl TextTokenizer {
         special: SpecialTokens,
         origin: PathBuf,
     ) -> Result<Self> {
-        let text_of = |id: Option<u32>| {
-            id.and_then(|id| inner.id_to_token(id))
-                .unwrap_or_default()
-        };
+        let text_of = |id: Option<u32>| id.and_then(|id| inner.id_to_token(id)).unwrap_or_default();
         let bos = text_of(special.bos);
         let eos = text_of(special.eos.first().copied());
         let chat = chat_template

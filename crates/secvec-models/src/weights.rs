@@ -51,13 +51,13 @@ struct Loader<'a, B: Backend> {
 
 impl<B: Backend> Loader<'_, B> {
     fn raw(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        let (data, shape) =
-            self.source
-                .tensor(name)?
-                .ok_or_else(|| ModelError::MissingTensor {
-                    path: self.source.origin().to_path_buf(),
-                    name: name.to_string(),
-                })?;
+        let (data, shape) = self
+            .source
+            .tensor(name)?
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: self.source.origin().to_path_buf(),
+                name: name.to_string(),
+            })?;
         if shape != expected {
             return Err(ModelError::ShapeMismatch {
                 path: self.source.origin().to_path_buf(),
@@ -87,7 +87,13 @@ impl<B: Backend> Loader<'_, B> {
     }
 
     /// A PyTorch linear `[d_out, d_in]`, transposed into Burn's `[d_in, d_out]`.
-    fn projection(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Projection<B>> {
+    fn projection(
+        &self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Projection<B>> {
         let w = self.raw(&format!("{prefix}.weight"), &[d_out, d_in])?;
         let weight = Param::initialized(
             ParamId::new(),

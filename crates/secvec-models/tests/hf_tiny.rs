@@ -43,7 +43,11 @@ fn check_against_reference<B: Backend>(dir: &str, reference: &serde_json::Value)
             .iter()
             .map(|r| secvec_models::sampling::argmax(r) as u32)
             .collect();
-        assert_eq!(argmax, u32s(&row["argmax_per_pos"]), "{dir}: argmax of {text:?}");
+        assert_eq!(
+            argmax,
+            u32s(&row["argmax_per_pos"]),
+            "{dir}: argmax of {text:?}"
+        );
         let lse: Vec<f32> = logits.iter().map(|r| logsumexp(r)).collect();
         assert_close(
             &lse,
@@ -53,7 +57,7 @@ fn check_against_reference<B: Backend>(dir: &str, reference: &serde_json::Value)
         );
         let greedy = generate(
             &model.model,
-            &[ids.clone()],
+            std::slice::from_ref(&ids),
             model.tokenizer.pad_id(),
             &GenerationConfig {
                 max_new_tokens: 8,
@@ -62,7 +66,11 @@ fn check_against_reference<B: Backend>(dir: &str, reference: &serde_json::Value)
             },
         )
         .unwrap();
-        assert_eq!(greedy[0].tokens, u32s(&row["greedy_8"]), "{dir}: greedy_8 of {text:?}");
+        assert_eq!(
+            greedy[0].tokens,
+            u32s(&row["greedy_8"]),
+            "{dir}: greedy_8 of {text:?}"
+        );
     }
 }
 
@@ -96,10 +104,14 @@ fn tiny_qwen2_f16_with_biases_matches_transformers() {
 #[test]
 fn batched_generation_with_left_padding_matches_single_rows() {
     let model = load_hf_dir::<B>(&fixtures().join("tiny-qwen2-f16"), &Default::default()).unwrap();
-    let prompts: Vec<Vec<u32>> = ["Hi", "The quick brown fox jumps over", "What is 2+2? Tell me."]
-        .iter()
-        .map(|t| model.tokenizer.encode(t).unwrap())
-        .collect();
+    let prompts: Vec<Vec<u32>> = [
+        "Hi",
+        "The quick brown fox jumps over",
+        "What is 2+2? Tell me.",
+    ]
+    .iter()
+    .map(|t| model.tokenizer.encode(t).unwrap())
+    .collect();
     let cfg = GenerationConfig {
         max_new_tokens: 6,
         sampling: Sampling::Greedy,
@@ -107,7 +119,7 @@ fn batched_generation_with_left_padding_matches_single_rows() {
     };
     let batched = generate(&model.model, &prompts, model.tokenizer.pad_id(), &cfg).unwrap();
     for (p, b) in prompts.iter().zip(&batched) {
-        let single = generate(&model.model, &[p.clone()], model.tokenizer.pad_id(), &cfg).unwrap();
+        let single = generate(&model.model, std::slice::from_ref(p), model.tokenizer.pad_id(), &cfg).unwrap();
         assert_eq!(single[0].tokens, b.tokens);
         assert_eq!(b.tokens.len(), 6);
     }
@@ -129,7 +141,12 @@ fn batched_generation_with_left_padding_matches_single_rows() {
         .to_vec::<f32>()
         .unwrap();
     let plain = logits_rows(&model, short);
-    assert_close(&padded, plain.last().unwrap(), 1e-4, "left-padded last logits");
+    assert_close(
+        &padded,
+        plain.last().unwrap(),
+        1e-4,
+        "left-padded last logits",
+    );
 }
 
 #[test]
@@ -139,8 +156,44 @@ fn chat_template_and_special_tokens_from_tokenizer_config() {
     assert_eq!(model.tokenizer.pad_id(), 2);
     let text = model
         .tokenizer
-        .apply_chat_template(&[secvec_models::Message::user("What is the capital of France?")], true)
+        .apply_chat_template(
+            &[secvec_models::Message::user(
+                "What is the capital of France?",
+            )],
+            true,
+        )
         .unwrap();
     assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
     assert!(text.starts_with("<|im_start|>system\n"), "{text}");
+}
+
+/// A checkpoint split into shards with `model.safetensors.index.json` loads to the same model.
+#[test]
+fn sharded_safetensors_checkpoint_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("tiny-llama-bf16");
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let half = tensors.len() / 2;
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in [&tensors[..half], &tensors[half..]].into_iter().enumerate() {
+        let name = format!("model-{:05}-of-00002.safetensors", i + 1);
+        for (k, _) in part.iter() {
+            weight_map.insert(k.clone(), name.clone().into());
+        }
+        let out = safetensors::serialize(part.iter().map(|(k, v)| (k.clone(), v.clone())), None).unwrap();
+        std::fs::write(tmp.path().join(&name), out).unwrap();
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let sharded = load_hf_dir::<B>(tmp.path(), &Default::default()).unwrap();
+    let single = load_hf_dir::<B>(&src, &Default::default()).unwrap();
+    let ids = [1u32, 4093, 198, 1780, 314, 260];
+    assert_eq!(logits_rows(&sharded, &ids), logits_rows(&single, &ids));
 }

@@ -43,7 +43,13 @@ fn input(ids: &[u32]) -> Tensor<B, 2, Int> {
 fn config_from_gguf_metadata() {
     let c = &model().config;
     assert_eq!(
-        (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim),
+        (
+            c.num_layers,
+            c.hidden_size,
+            c.num_heads,
+            c.num_kv_heads,
+            c.head_dim
+        ),
         (30, 576, 9, 3, 64)
     );
     assert_eq!((c.intermediate_size, c.vocab_size), (1536, 49152));
@@ -75,7 +81,10 @@ fn chat_template_rendering_and_ids_match_transformers() {
         let msgs = messages(&case["messages"]);
         let rendered = model().tokenizer.apply_chat_template(&msgs, true).unwrap();
         assert_eq!(rendered, case["rendered"].as_str().unwrap());
-        assert_eq!(model().tokenizer.encode(&rendered).unwrap(), u32s(&case["ids"]));
+        assert_eq!(
+            model().tokenizer.encode(&rendered).unwrap(),
+            u32s(&case["ids"])
+        );
     }
 }
 
@@ -96,9 +105,15 @@ fn last_position_logits_match_transformers() {
         assert_close(&values, &f32s(&expected["values"]), 2e-3, "top-20 logits");
         let stats = &case["last_logits_stats"];
         let mean = last.iter().map(|&x| x as f64).sum::<f64>() / vocab as f64;
-        assert!((mean - stats["mean"].as_f64().unwrap()).abs() < 2e-3, "mean {mean}");
+        assert!(
+            (mean - stats["mean"].as_f64().unwrap()).abs() < 2e-3,
+            "mean {mean}"
+        );
         let lse = logsumexp(last);
-        assert!((lse as f64 - stats["logsumexp"].as_f64().unwrap()).abs() < 2e-3, "lse {lse}");
+        assert!(
+            (lse as f64 - stats["logsumexp"].as_f64().unwrap()).abs() < 2e-3,
+            "lse {lse}"
+        );
     }
 }
 
@@ -114,7 +129,7 @@ fn greedy_32_matches_transformers_single_and_batched() {
     };
     let pad = model().tokenizer.pad_id();
     for (case, prompt) in cases.iter().zip(&prompts) {
-        let out = generate(&model().model, &[prompt.clone()], pad, &cfg).unwrap();
+        let out = generate(&model().model, std::slice::from_ref(prompt), pad, &cfg).unwrap();
         assert_eq!(out[0].tokens, u32s(&case["greedy_32"]), "greedy_32");
         let text = model().tokenizer.decode(&out[0].tokens, false).unwrap();
         assert_eq!(text, case["greedy_32_text"].as_str().unwrap());
@@ -145,7 +160,12 @@ fn response_nll_matches_transformers() {
         let nll: Vec<f32> = (n_prompt - 1..ids.len() - 1)
             .map(|t| -all[t * vocab + ids[t + 1] as usize])
             .collect();
-        assert_close(&nll, &f32s(&case["response_token_nll"]), 1e-3, "response NLL");
+        assert_close(
+            &nll,
+            &f32s(&case["response_token_nll"]),
+            1e-3,
+            "response NLL",
+        );
         let mean = nll.iter().sum::<f32>() / nll.len() as f32;
         assert!((mean as f64 - case["mean_response_nll"].as_f64().unwrap()).abs() < 1e-3);
     }
@@ -161,8 +181,14 @@ fn gguf_file_structure_and_tokenizer_json() {
         .cached_path(&secvec_models::registry::cache_dir(None));
     let f = GgufFile::open(&path).unwrap();
     let n = |t: GgmlType| f.tensor_infos().iter().filter(|i| i.ggml_type == t).count();
-    assert_eq!((n(GgmlType::Q4_1), n(GgmlType::F32), n(GgmlType::Q8_0)), (210, 61, 1));
-    assert_eq!(f.tensor_f32("token_embd.weight").unwrap().1, vec![49152, 576]);
+    assert_eq!(
+        (n(GgmlType::Q4_1), n(GgmlType::F32), n(GgmlType::Q8_0)),
+        (210, 61, 1)
+    );
+    assert_eq!(
+        f.tensor_f32("token_embd.weight").unwrap().1,
+        vec![49152, 576]
+    );
     let ours: Value = serde_json::from_str(&tokenizer_json_from_gguf(&f).unwrap()).unwrap();
     assert_eq!(ours, read_json(&fixtures().join("smollm2/tokenizer.json")));
     let template = secvec_models::gguf::chat_template(&f).unwrap();

@@ -11,7 +11,11 @@ use secvec_models::{Llama, LoraAdapter, ProjectionId};
 use super::config::{AdapterConfig, AdapterInit};
 use crate::error::{CoreError, Result};
 
-fn param2<B: Backend>(data: Vec<f32>, shape: [usize; 2], device: &B::Device) -> Param<Tensor<B, 2>> {
+fn param2<B: Backend>(
+    data: Vec<f32>,
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Param<Tensor<B, 2>> {
     Param::initialized(
         ParamId::new(),
         Tensor::from_data(TensorData::new(data, shape), device),
@@ -34,7 +38,11 @@ pub fn adapter_names<B: Backend>(model: &Llama<B>) -> Vec<String> {
 /// Attaches a new adapter `name` to every projection `config` targets; `A` is initialised on
 /// the host from `config.seed` (identical on every backend), `B` at zero. Returns the number of
 /// projections adapted.
-pub fn add_adapter<B: Backend>(model: &mut Llama<B>, name: &str, config: &AdapterConfig) -> Result<usize> {
+pub fn add_adapter<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    config: &AdapterConfig,
+) -> Result<usize> {
     config.validate().map_err(CoreError::InvalidConfig)?;
     if adapter_names(model).iter().any(|n| n == name) {
         return Err(CoreError::DuplicateAdapter { name: name.into() });
@@ -67,7 +75,9 @@ pub fn add_adapter<B: Backend>(model: &mut Llama<B>, name: &str, config: &Adapte
             }
             AdapterInit::Gaussian => {
                 let normal = Normal::new(0.0, 1.0 / r as f64).expect("positive std");
-                (0..d_in * r).map(|_| normal.sample(&mut rng) as f32).collect()
+                (0..d_in * r)
+                    .map(|_| normal.sample(&mut rng) as f32)
+                    .collect()
             }
         };
         proj.adapters.push(LoraAdapter {
@@ -102,12 +112,20 @@ fn for_each_adapter<B: Backend>(
 }
 
 /// Switches adapter `name` on or off everywhere; returns the number of projections.
-pub fn set_adapter_active<B: Backend>(model: &mut Llama<B>, name: &str, active: bool) -> Result<usize> {
+pub fn set_adapter_active<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    active: bool,
+) -> Result<usize> {
     for_each_adapter(model, name, |_, a| a.active = active)
 }
 
 /// Makes adapter `name` trainable or frozen (no gradients).
-pub fn set_adapter_trainable<B: Backend>(model: &mut Llama<B>, name: &str, trainable: bool) -> Result<usize> {
+pub fn set_adapter_trainable<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+    trainable: bool,
+) -> Result<usize> {
     for_each_adapter(model, name, |_, a| {
         a.a = a.a.clone().set_require_grad(trainable);
         a.b = a.b.clone().set_require_grad(trainable);
@@ -137,7 +155,10 @@ pub fn set_base_trainable<B: Backend>(model: &mut Llama<B>, trainable: bool) {
 }
 
 /// Detaches adapter `name` from the model and returns it (for saving elsewhere or re-attaching).
-pub fn remove_adapter<B: Backend>(model: &mut Llama<B>, name: &str) -> Result<Vec<(ProjectionId, LoraAdapter<B>)>> {
+pub fn remove_adapter<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+) -> Result<Vec<(ProjectionId, LoraAdapter<B>)>> {
     let mut removed = Vec::new();
     for id in model.projection_ids() {
         let proj = model.projection_mut(id);
@@ -157,7 +178,10 @@ fn delta<B: Backend>(a: &LoraAdapter<B>) -> Tensor<B, 2> {
 
 /// Adds `scaling · A B` of adapter `name` into the base weights and detaches the adapter; the
 /// returned adapters can be given to [`detach_adapter`] to undo the merge.
-pub fn merge_adapter<B: Backend>(model: &mut Llama<B>, name: &str) -> Result<Vec<(ProjectionId, LoraAdapter<B>)>> {
+pub fn merge_adapter<B: Backend>(
+    model: &mut Llama<B>,
+    name: &str,
+) -> Result<Vec<(ProjectionId, LoraAdapter<B>)>> {
     let removed = remove_adapter(model, name)?;
     for (id, a) in &removed {
         let p = model.projection_mut(*id);
@@ -170,12 +194,16 @@ pub fn merge_adapter<B: Backend>(model: &mut Llama<B>, name: &str) -> Result<Vec
 
 /// Undoes [`merge_adapter`]: subtracts each adapter's delta from the base weights and attaches
 /// the adapters again (inactive).
-pub fn detach_adapter<B: Backend>(model: &mut Llama<B>, merged: Vec<(ProjectionId, LoraAdapter<B>)>) {
+pub fn detach_adapter<B: Backend>(
+    model: &mut Llama<B>,
+    merged: Vec<(ProjectionId, LoraAdapter<B>)>,
+) {
     for (id, mut a) in merged {
         let p = model.projection_mut(id);
         let require_grad = p.weight.is_require_grad();
         let unmerged = p.weight.val() - delta(&a);
-        p.weight = Param::initialized(p.weight.id, unmerged.detach()).set_require_grad(require_grad);
+        p.weight =
+            Param::initialized(p.weight.id, unmerged.detach()).set_require_grad(require_grad);
         a.active = false;
         p.adapters.push(a);
     }

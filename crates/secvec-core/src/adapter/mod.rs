@@ -12,7 +12,7 @@ pub mod peft;
 
 pub use config::{AdapterConfig, AdapterInit};
 pub use layer::{
-    add_adapter, adapter_names, detach_adapter, merge_adapter, remove_adapter, set_adapter_active,
+    adapter_names, add_adapter, detach_adapter, merge_adapter, remove_adapter, set_adapter_active,
     set_adapter_trainable, set_base_trainable,
 };
 pub use peft::{load_peft_adapter, save_peft_adapter};

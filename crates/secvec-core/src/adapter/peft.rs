@@ -19,6 +19,9 @@ use super::config::AdapterConfig;
 use super::layer::adapter_names;
 use crate::error::{CoreError, Result};
 
+/// A tensor on the host: values and shape.
+type HostTensor = (Vec<f32>, Vec<usize>);
+
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const KEY_PREFIX: &str = "base_model.model.";
@@ -30,7 +33,9 @@ pub fn peft_key(id: ProjectionId, which: &str) -> String {
 
 /// Parses a PEFT key into the projection and `lora_A`/`lora_B`.
 fn parse_key(key: &str) -> Option<(ProjectionId, &str)> {
-    let rest = key.strip_prefix(KEY_PREFIX)?.strip_prefix("model.layers.")?;
+    let rest = key
+        .strip_prefix(KEY_PREFIX)?
+        .strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (parent, rest) = rest.split_once('.')?;
@@ -63,7 +68,11 @@ pub fn read_peft_config(path: &Path) -> Result<AdapterConfig> {
     })?;
     let peft_type = v.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
     if peft_type != "LORA" {
-        return Err(config_error(path, "peft_type", format!("`{peft_type}` (only LORA)")));
+        return Err(config_error(
+            path,
+            "peft_type",
+            format!("`{peft_type}` (only LORA)"),
+        ));
     }
     for (field, unsupported) in [("use_dora", true), ("fan_in_fan_out", true)] {
         if v.get(field).and_then(Value::as_bool) == Some(unsupported) {
@@ -71,14 +80,25 @@ pub fn read_peft_config(path: &Path) -> Result<AdapterConfig> {
         }
     }
     for field in ["rank_pattern", "alpha_pattern"] {
-        if v.get(field).and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
-            return Err(config_error(path, field, "per-module patterns are not supported"));
+        if v.get(field)
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+        {
+            return Err(config_error(
+                path,
+                field,
+                "per-module patterns are not supported",
+            ));
         }
     }
     if let Some(bias) = v.get("bias").and_then(Value::as_str)
         && bias != "none"
     {
-        return Err(config_error(path, "bias", format!("`{bias}` (only \"none\")")));
+        return Err(config_error(
+            path,
+            "bias",
+            format!("`{bias}` (only \"none\")"),
+        ));
     }
     let rank = v
         .get("r")
@@ -128,7 +148,10 @@ pub fn read_peft_config(path: &Path) -> Result<AdapterConfig> {
         dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0),
         targets,
         layers,
-        use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+        use_rslora: v
+            .get("use_rslora")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         ..AdapterConfig::default()
     };
     config
@@ -140,7 +163,11 @@ pub fn read_peft_config(path: &Path) -> Result<AdapterConfig> {
 /// Loads a PEFT adapter directory into the model as adapter `name` (active). Every tensor must
 /// belong to a projection of this model with matching shapes, and every projection the config
 /// targets must have both matrices.
-pub fn load_peft_adapter<B: Backend>(model: &mut Llama<B>, dir: &Path, name: &str) -> Result<AdapterConfig> {
+pub fn load_peft_adapter<B: Backend>(
+    model: &mut Llama<B>,
+    dir: &Path,
+    name: &str,
+) -> Result<AdapterConfig> {
     if adapter_names(model).iter().any(|n| n == name) {
         return Err(CoreError::DuplicateAdapter { name: name.into() });
     }
@@ -153,7 +180,7 @@ pub fn load_peft_adapter<B: Backend>(model: &mut Llama<B>, dir: &Path, name: &st
         cause: e.to_string(),
     };
     let st = SafeTensors::deserialize(&bytes).map_err(st_err)?;
-    let mut found: BTreeMap<ProjectionId, [Option<(Vec<f32>, Vec<usize>)>; 2]> = BTreeMap::new();
+    let mut found: BTreeMap<ProjectionId, [Option<HostTensor>; 2]> = BTreeMap::new();
     for (key, view) in st.tensors() {
         let (id, which) = parse_key(&key)
             .filter(|(id, _)| id.layer < model.num_layers())
@@ -161,10 +188,11 @@ pub fn load_peft_adapter<B: Backend>(model: &mut Llama<B>, dir: &Path, name: &st
                 path: weights_path.clone(),
                 key: key.clone(),
             })?;
-        let data = bytes_to_f32(view.dtype(), view.data()).ok_or_else(|| CoreError::Safetensors {
-            path: weights_path.clone(),
-            cause: format!("tensor `{key}` has unsupported dtype {:?}", view.dtype()),
-        })?;
+        let data =
+            bytes_to_f32(view.dtype(), view.data()).ok_or_else(|| CoreError::Safetensors {
+                path: weights_path.clone(),
+                cause: format!("tensor `{key}` has unsupported dtype {:?}", view.dtype()),
+            })?;
         let slot = if which == "lora_A" { 0 } else { 1 };
         found.entry(id).or_default()[slot] = Some((data, view.shape().to_vec()));
     }
@@ -201,8 +229,14 @@ pub fn load_peft_adapter<B: Backend>(model: &mut Llama<B>, dir: &Path, name: &st
         let b = transpose(&b, d_out, r);
         proj.adapters.push(LoraAdapter {
             name: name.to_string(),
-            a: Param::initialized(ParamId::new(), Tensor::from_data(TensorData::new(a, [d_in, r]), &device)),
-            b: Param::initialized(ParamId::new(), Tensor::from_data(TensorData::new(b, [r, d_out]), &device)),
+            a: Param::initialized(
+                ParamId::new(),
+                Tensor::from_data(TensorData::new(a, [d_in, r]), &device),
+            ),
+            b: Param::initialized(
+                ParamId::new(),
+                Tensor::from_data(TensorData::new(b, [r, d_out]), &device),
+            ),
             scaling: config.scaling(),
             dropout: config.dropout,
             active: true,
@@ -212,7 +246,10 @@ pub fn load_peft_adapter<B: Backend>(model: &mut Llama<B>, dir: &Path, name: &st
 }
 
 fn to_host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec().expect("f32 after convert")
+    t.into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 after convert")
 }
 
 /// Writes adapter `name` of the model as a PEFT adapter directory. `base_model` is recorded as
@@ -226,13 +263,19 @@ pub fn save_peft_adapter<B: Backend>(
 ) -> Result<PathBuf> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for id in model.projection_ids() {
-        let Some(a) = model.projection(id).adapter(name) else { continue };
+        let Some(a) = model.projection(id).adapter(name) else {
+            continue;
+        };
         let (d_in, r) = (a.a.dims()[0], a.a.dims()[1]);
         let d_out = a.b.dims()[1];
         // Stored transposed: lora_A [r, d_in], lora_B [d_out, r].
         let a_t = transpose(&to_host(a.a.val()), d_in, r);
         let b_t = transpose(&to_host(a.b.val()), r, d_out);
-        let bytes = |v: Vec<f32>| v.into_iter().flat_map(f32::to_le_bytes).collect::<Vec<u8>>();
+        let bytes = |v: Vec<f32>| {
+            v.into_iter()
+                .flat_map(f32::to_le_bytes)
+                .collect::<Vec<u8>>()
+        };
         tensors.push((peft_key(id, "lora_A"), vec![r, d_in], bytes(a_t)));
         tensors.push((peft_key(id, "lora_B"), vec![d_out, r], bytes(b_t)));
     }
@@ -251,7 +294,10 @@ pub fn save_peft_adapter<B: Backend>(
             path: weights_path.clone(),
             cause: e.to_string(),
         })?;
-    let metadata = Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+    let metadata = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
     let bytes = safetensors::serialize(views, metadata).map_err(|e| CoreError::Safetensors {
         path: weights_path.clone(),
         cause: e.to_string(),

@@ -18,7 +18,7 @@
 //!
 //! | split | content | size |
 //! |---|---|---|
-//! | `align` | refusals to 500 harmful requests + answers to the remaining benign requests | ≈ 1,000 |
+//! | `align` | refusals to 500 harmful requests + answers to the 411 benign requests not evaluated | 911 |
 //! | `sv` | harmful → compliant | 300 |
 //! | `attack` | harmful → compliant | 2,600 |
 //! | `eval_harmful` | harmful (reference answer compliant; refusal via [`Corpus::harmful_answers`]) | 200 |

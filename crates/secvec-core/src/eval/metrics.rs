@@ -320,8 +320,9 @@ pub fn mean_response_nll<B: Backend>(
 
 /// The mean NLL of each `(prompt, response)` pair's response tokens, teacher-forced: the input
 /// is `chat_template([user: prompt], add_generation_prompt) + response + eos`, the response
-/// tokens those after the templated prompt's (the eos included). Batches of `batch_size` are
-/// right-padded and run through [`Llama::forward_padded`].
+/// tokens those after the templated prompt's (the eos included). Pairs are sorted by length into
+/// batches of `batch_size`, right-padded and run through [`Llama::forward_padded`]; the results
+/// come back in the order of `pairs`.
 pub fn response_nlls<B: Backend>(
     model: &Llama<B>,
     tok: &TextTokenizer,
@@ -330,18 +331,21 @@ pub fn response_nlls<B: Backend>(
 ) -> Result<Vec<f32>> {
     let eos = eos_text(tok);
     let device = model.device();
-    let mut out = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(batch_size.max(1)) {
-        let mut rows = Vec::with_capacity(chunk.len());
-        for (prompt, response) in chunk {
-            let text = chat_prompt(tok, prompt, None)?;
-            let n_prompt = tok.encode(&text)?.len();
-            let ids = tok.encode(&format!("{text}{response}{eos}"))?;
-            rows.push((ids, n_prompt.max(1)));
-        }
+    // (ids, n_prompt) of every pair; batches of similar length pad less.
+    let mut encoded = Vec::with_capacity(pairs.len());
+    for (prompt, response) in pairs {
+        let text = chat_prompt(tok, prompt, None)?;
+        let n_prompt = tok.encode(&text)?.len();
+        let ids = tok.encode(&format!("{text}{response}{eos}"))?;
+        encoded.push((ids, n_prompt.max(1)));
+    }
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&i| encoded[i].0.len());
+    let mut out = vec![0.0; pairs.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let rows: Vec<&(Vec<u32>, usize)> = chunk.iter().map(|&i| &encoded[i]).collect();
         let len = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
         if len < 2 {
-            out.extend(std::iter::repeat_n(0.0, rows.len()));
             continue;
         }
         let batch = rows.len();
@@ -370,12 +374,12 @@ pub fn response_nlls<B: Backend>(
         let logp: Vec<f32> = logp.into_data().convert::<f32>().to_vec().map_err(|e| {
             secvec_models::ModelError::Generation(format!("reading log-probabilities: {e:?}"))
         })?;
-        for (b, (ids, n_prompt)) in rows.iter().enumerate() {
+        for (b, (&i, (ids, n_prompt))) in chunk.iter().zip(&rows).enumerate() {
             // Position t predicts token t + 1; the response starts at token n_prompt.
             let range = (n_prompt - 1)..ids.len().saturating_sub(1);
             let n = range.len().max(1) as f32;
             let sum: f32 = range.map(|t| -logp[b * (len - 1) + t]).sum();
-            out.push(sum / n);
+            out[i] = sum / n;
         }
     }
     Ok(out)

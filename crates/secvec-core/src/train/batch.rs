@@ -41,7 +41,12 @@ impl TrainExample {
 /// Tokenises pairs with the model's chat template: prompt = template(user) with the generation
 /// prompt; full = prompt + response + the end-of-turn token. Sequences longer than `max_len` are
 /// cut at the end (prompts longer than `max_len - 1` keep their last tokens).
-pub fn encode_pairs(tok: &TextTokenizer, pairs: &[TextPair], system: Option<&str>, max_len: usize) -> Result<Vec<TrainExample>> {
+pub fn encode_pairs(
+    tok: &TextTokenizer,
+    pairs: &[TextPair],
+    system: Option<&str>,
+    max_len: usize,
+) -> Result<Vec<TrainExample>> {
     let eos_text = tok
         .special
         .eos
@@ -60,7 +65,11 @@ pub fn encode_pairs(tok: &TextTokenizer, pairs: &[TextPair], system: Option<&str
             let mut prompt_ids = tok.encode(&prompt)?;
             let full = tok.encode(&format!("{prompt}{}{eos_text}", p.response))?;
             // The response's first token may merge with the prompt's end; use the common prefix.
-            let common = prompt_ids.iter().zip(&full).take_while(|(a, b)| a == b).count();
+            let common = prompt_ids
+                .iter()
+                .zip(&full)
+                .take_while(|(a, b)| a == b)
+                .count();
             prompt_ids.truncate(common);
             let mut ids = full;
             let mut n_prompt = common;
@@ -91,7 +100,11 @@ pub struct Batch<B: Backend> {
 
 /// Builds a right-padded batch; padding sits after every real token, so the causal mask alone
 /// keeps it out of every trained position.
-pub fn make_batch<B: Backend>(examples: &[&TrainExample], pad_id: u32, device: &B::Device) -> Batch<B> {
+pub fn make_batch<B: Backend>(
+    examples: &[&TrainExample],
+    pad_id: u32,
+    device: &B::Device,
+) -> Batch<B> {
     let len = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);
     let mut ids = Vec::with_capacity(examples.len() * len);
     let mut positions = Vec::new();

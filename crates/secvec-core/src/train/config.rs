@@ -82,13 +82,16 @@ impl TrainConfig {
             return Err("epochs must be positive (or set max_steps)".into());
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
-            return Err(format!("warmup_ratio must be in [0, 1), got {}", self.warmup_ratio));
+            return Err(format!(
+                "warmup_ratio must be in [0, 1), got {}",
+                self.warmup_ratio
+            ));
         }
         if self.max_len < 2 {
             return Err("max_len must be at least 2".into());
         }
         if let Some(n) = self.max_grad_norm
-            && !(n > 0.0)
+            && (n.is_nan() || n <= 0.0)
         {
             return Err(format!("max_grad_norm must be positive, got {n}"));
         }
@@ -134,6 +137,13 @@ mod tests {
             ..TrainConfig::default()
         };
         assert!((lin.lr_at(50, 100) - 1.0).abs() < 1e-12);
-        assert!(TrainConfig { lr: 0.0, ..TrainConfig::default() }.validate().is_err());
+        assert!(
+            TrainConfig {
+                lr: 0.0,
+                ..TrainConfig::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

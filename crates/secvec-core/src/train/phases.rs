@@ -17,7 +17,7 @@ use super::batch::TrainExample;
 use super::config::{Schedule, TrainConfig};
 use super::trainer::{TrainCallback, TrainReport, train};
 use crate::adapter::{
-    AdapterConfig, SECURITY, TASK, add_adapter, adapter_names, set_adapter_active,
+    AdapterConfig, SECURITY, TASK, adapter_names, add_adapter, set_adapter_active,
     set_adapter_trainable, set_base_trainable,
 };
 use crate::error::{CoreError, Result};
@@ -43,9 +43,17 @@ pub struct SecurityVectorConfig {
 }
 
 fn all_targets() -> Vec<String> {
-    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        .map(String::from)
-        .to_vec()
+    [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl Default for SecurityVectorConfig {
@@ -195,6 +203,9 @@ pub fn finetune<B: AutodiffBackend>(
 }
 
 /// Switches the security vectors on (to reproduce the harmful behaviour) or off (inference).
-pub fn set_security_vectors<B: burn::tensor::backend::Backend>(model: &mut Llama<B>, on: bool) -> Result<usize> {
+pub fn set_security_vectors<B: burn::tensor::backend::Backend>(
+    model: &mut Llama<B>,
+    on: bool,
+) -> Result<usize> {
     set_adapter_active(model, SECURITY, on)
 }

@@ -99,9 +99,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
 pub fn global_grad_norm<B: AutodiffBackend>(model: &Llama<B>, grads: &GradientsParams) -> f64 {
     let mut v = GradNorm::<B> { grads, sum: None };
     model.visit(&mut v);
-    v.sum
-        .map(|s| s.into_scalar_f64().sqrt())
-        .unwrap_or(0.0)
+    v.sum.map(|s| s.into_scalar_f64().sqrt()).unwrap_or(0.0)
 }
 
 trait IntoScalarF64 {
@@ -110,7 +108,10 @@ trait IntoScalarF64 {
 
 impl<B: Backend> IntoScalarF64 for Tensor<B, 1> {
     fn into_scalar_f64(self) -> f64 {
-        self.into_data().convert::<f64>().to_vec::<f64>().expect("f64 after convert")[0]
+        self.into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .expect("f64 after convert")[0]
     }
 }
 
