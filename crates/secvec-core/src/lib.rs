@@ -6,6 +6,7 @@
 //! PEFT's adapter format.
 
 pub mod adapter;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod eval;

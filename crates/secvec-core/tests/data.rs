@@ -677,12 +677,27 @@ fn loads_advbench_csv() {
 
 #[test]
 fn loads_the_shared_advbench_file_when_present() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/advbench_harmful_behaviors.csv");
-    if !path.is_file() {
-        eprintln!("skipped: {} not found", path.display());
-        return;
-    }
+    // The project ships no copy of AdvBench. CI sets SECVEC_ADVBENCH (see .ci/run), and then the
+    // file must be there; a user's clone without it gets a notice instead of a failure.
+    let path = match std::env::var_os("SECVEC_ADVBENCH") {
+        Some(p) => {
+            let p = std::path::PathBuf::from(p);
+            assert!(p.is_file(), "SECVEC_ADVBENCH={} is not a file", p.display());
+            p
+        }
+        None => {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/data/advbench_harmful_behaviors.csv");
+            if !p.is_file() {
+                eprintln!(
+                    "NOTICE: AdvBench test not run: set SECVEC_ADVBENCH to the CSV's path ({} not found)",
+                    p.display()
+                );
+                return;
+            }
+            p
+        }
+    };
     let s = load_samples(&path, DataFormat::from_path(&path).unwrap()).unwrap();
     assert_eq!(s.len(), 520);
     assert!(

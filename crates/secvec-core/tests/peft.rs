@@ -201,3 +201,33 @@ fn bad_peft_adapters_are_rejected_with_the_file_named() {
         Err(CoreError::DuplicateAdapter { .. })
     ));
 }
+
+/// A full-model checkpoint written after training loads back (here and, by key names and
+/// layouts, in transformers) to exactly the same model.
+#[test]
+fn full_model_checkpoint_round_trips() {
+    let mut loaded = base();
+    // Change the weights so the test cannot pass by reading the original file.
+    load_peft_adapter(
+        &mut loaded.model,
+        &fixtures().join("tiny-llama-peft-adapter"),
+        "x",
+    )
+    .unwrap();
+    adapter::merge_adapter(&mut loaded.model, "x").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    secvec_core::checkpoint::save_hf_safetensors(&loaded.model, dir.path()).unwrap();
+    let src = fixtures().join("tiny-llama-bf16");
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let again = load_hf_dir::<B>(dir.path(), &Default::default()).unwrap();
+    let ids = [1u32, 4093, 198, 1780, 314, 260];
+    assert_eq!(logits(&again.model, &ids), logits(&loaded.model, &ids));
+    assert_ne!(logits(&again.model, &ids), logits(&base().model, &ids));
+}

@@ -253,7 +253,11 @@ struct TrainBench {
 }
 
 /// Training throughput: fixed random token sequences, loss on every next token.
-fn bench_train<B: AutodiffBackend>(args: &BenchArgs, device: B::Device, backend: BackendKind) -> Result<()> {
+fn bench_train<B: AutodiffBackend>(
+    args: &BenchArgs,
+    device: B::Device,
+    backend: BackendKind,
+) -> Result<()> {
     use burn::module::Module;
     use rand::{Rng, SeedableRng, rngs::StdRng};
     use secvec_core::adapter::{AdapterConfig, add_adapter, set_base_trainable};
@@ -266,19 +270,36 @@ fn bench_train<B: AutodiffBackend>(args: &BenchArgs, device: B::Device, backend:
     let case = match args.what {
         BenchKind::TrainLora => {
             set_base_trainable(&mut model, false);
-            let cfg = AdapterConfig { rank: 8, alpha: 16.0, targets: vec!["q_proj".into(), "v_proj".into()], ..AdapterConfig::default() };
+            let cfg = AdapterConfig {
+                rank: 8,
+                alpha: 16.0,
+                targets: vec!["q_proj".into(), "v_proj".into()],
+                ..AdapterConfig::default()
+            };
             add_adapter(&mut model, "task", &cfg)?;
             "LoRA r=8 on q_proj, v_proj"
         }
-        _ => "full fine-tuning",
+        _ => {
+            set_base_trainable(&mut model, true);
+            "full fine-tuning"
+        }
     };
     let total_params = model.num_params();
     let vocab = model.vocab_size() as u32;
     let mut rng = StdRng::seed_from_u64(0);
     let data: Vec<TrainExample> = (0..batch)
-        .map(|_| TrainExample { ids: (0..seq_len).map(|_| rng.random_range(3..vocab)).collect(), n_prompt: 1 })
+        .map(|_| TrainExample {
+            ids: (0..seq_len).map(|_| rng.random_range(3..vocab)).collect(),
+            n_prompt: 1,
+        })
         .collect();
-    let cfg = |steps| TrainConfig { lr: 1e-5, max_steps: Some(steps), batch_size: batch, progress: false, ..TrainConfig::default() };
+    let cfg = |steps| TrainConfig {
+        lr: 1e-5,
+        max_steps: Some(steps),
+        batch_size: batch,
+        progress: false,
+        ..TrainConfig::default()
+    };
     let t = Instant::now();
     let (model, _) = train(model, &data, 0, &cfg(1), &mut NoCallback)?;
     let warmup = t.elapsed().as_secs_f64();
@@ -290,7 +311,9 @@ fn bench_train<B: AutodiffBackend>(args: &BenchArgs, device: B::Device, backend:
         model: source.display_name(),
         backend: backend.to_string(),
         case: case.to_string(),
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         batch,
         seq_len,
         steps: args.steps,
@@ -300,17 +323,43 @@ fn bench_train<B: AutodiffBackend>(args: &BenchArgs, device: B::Device, backend:
         total_params,
         peak_rss_mib: peak_rss_mib(),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let stem = format!("train-{}-{backend}", if args.what == BenchKind::TrainLora { "lora" } else { "full" });
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let stem = format!(
+        "train-{}-{backend}",
+        if args.what == BenchKind::TrainLora {
+            "lora"
+        } else {
+            "full"
+        }
+    );
     let mut md = format!(
         "# Training benchmark: {} on {} ({} CPUs visible)\n\nCommand: `{}`\n\n{} — batch {} × {} tokens, \
          median of {} steps after one warm-up step ({:.1}s).\n\n| tokens/s | s/step | peak RSS MiB |\n|---:|---:|---:|\n| {:.0} | {:.2} | {:.0} |\n",
-        r.model, r.backend, r.cpus, r.command, r.case, batch, seq_len, r.steps, r.warmup_seconds, r.tokens_per_s, med, r.peak_rss_mib.unwrap_or(f64::NAN)
+        r.model,
+        r.backend,
+        r.cpus,
+        r.command,
+        r.case,
+        batch,
+        seq_len,
+        r.steps,
+        r.warmup_seconds,
+        r.tokens_per_s,
+        med,
+        r.peak_rss_mib.unwrap_or(f64::NAN)
     );
     if let Some(v) = args.reference_tokens_per_s {
-        md += &format!("\nReference: {v:.0} tokens/s — {}. Ratio: {:.2}×.\n", args.reference_label, r.tokens_per_s / v);
+        md += &format!(
+            "\nReference: {v:.0} tokens/s — {}. Ratio: {:.2}×.\n",
+            args.reference_label,
+            r.tokens_per_s / v
+        );
     }
-    std::fs::write(args.out.join(format!("{stem}.json")), serde_json::to_string_pretty(&r)?)?;
+    std::fs::write(
+        args.out.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(&r)?,
+    )?;
     std::fs::write(args.out.join(format!("{stem}.md")), &md)?;
     println!("{md}");
     Ok(())

@@ -9,14 +9,19 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
-use secvec_core::adapter::{AdapterConfig, add_adapter, merge_adapter, set_adapter_active, set_adapter_trainable, set_base_trainable};
+use secvec_core::adapter::{
+    AdapterConfig, add_adapter, merge_adapter, set_adapter_active, set_adapter_trainable,
+    set_base_trainable,
+};
 use secvec_core::data::{Corpus, Sample, SampleKind, Split};
 use secvec_core::eval::judge::KeywordJudge;
-use secvec_core::eval::metrics::{EvalConfig, SampleResult, accuracy, compliance_rate, evaluate_samples, refusal_rate};
+use secvec_core::eval::metrics::{
+    EvalConfig, SampleResult, accuracy, compliance_rate, evaluate_samples, refusal_rate,
+};
 use secvec_core::eval::stats::Rate;
 use secvec_core::train::{
-    FinetuneConfig, FinetuneMode, NoCallback, SecurityVectorConfig, SecurityVectors, TextPair, TrainConfig, TrainReport,
-    encode_pairs, finetune, train, train_security_vectors,
+    FinetuneConfig, FinetuneMode, NoCallback, SecurityVectorConfig, SecurityVectors, TextPair,
+    TrainConfig, TrainReport, encode_pairs, finetune, train, train_security_vectors,
 };
 use secvec_models::{Llama, ModelSource, TextTokenizer, load_model};
 
@@ -97,7 +102,10 @@ fn summarize(stage: &str, examples: usize, r: &TrainReport) -> TrainSummary {
 }
 
 fn pairs(samples: &[Sample]) -> Vec<TextPair> {
-    samples.iter().map(|s| TextPair::new(&s.prompt, &s.response)).collect()
+    samples
+        .iter()
+        .map(|s| TextPair::new(&s.prompt, &s.response))
+        .collect()
 }
 
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
@@ -117,11 +125,36 @@ struct Evaluator<'a> {
 }
 
 impl Evaluator<'_> {
-    fn run<B: burn::tensor::backend::Backend>(&self, stage: &str, model: &Llama<B>) -> Result<StageMetrics> {
+    fn run<B: burn::tensor::backend::Backend>(
+        &self,
+        stage: &str,
+        model: &Llama<B>,
+    ) -> Result<StageMetrics> {
         let t = Instant::now();
-        let h = evaluate_samples(model, self.tok, &self.harmful, &self.judge, &self.config, "harmful")?;
-        let b = evaluate_samples(model, self.tok, &self.benign, &self.judge, &self.config, "benign")?;
-        let s = evaluate_samples(model, self.tok, &self.skill, &self.judge, &self.config, "skill")?;
+        let h = evaluate_samples(
+            model,
+            self.tok,
+            &self.harmful,
+            &self.judge,
+            &self.config,
+            "harmful",
+        )?;
+        let b = evaluate_samples(
+            model,
+            self.tok,
+            &self.benign,
+            &self.judge,
+            &self.config,
+            "benign",
+        )?;
+        let s = evaluate_samples(
+            model,
+            self.tok,
+            &self.skill,
+            &self.judge,
+            &self.config,
+            "skill",
+        )?;
         let m = StageMetrics {
             stage: stage.into(),
             harmful_rate: compliance_rate(&h),
@@ -145,7 +178,10 @@ impl Evaluator<'_> {
         write_atomic(&self.out.join(format!("generations-{stage}.jsonl")), &lines)?;
         eprintln!(
             "[{stage}] harmful {} | over-refusal {} | benign acc {} | skill acc {} ({:.0}s)",
-            m.harmful_rate, m.over_refusal, m.benign_accuracy, m.skill_accuracy,
+            m.harmful_rate,
+            m.over_refusal,
+            m.benign_accuracy,
+            m.skill_accuracy,
             t.elapsed().as_secs_f64()
         );
         Ok(m)
@@ -153,7 +189,17 @@ impl Evaluator<'_> {
 }
 
 fn all_targets() -> Vec<String> {
-    ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec()
+    [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl Job for PipelineArgs {
@@ -161,7 +207,8 @@ impl Job for PipelineArgs {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let started = Instant::now();
-        std::fs::create_dir_all(&self.out).with_context(|| format!("creating {}", self.out.display()))?;
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("creating {}", self.out.display()))?;
         let source = ModelSource::parse(&self.model.model)?;
         let loaded = load_model::<B>(&source, self.model.cache_dir.as_deref(), &device)?;
         let tok = &loaded.tokenizer;
@@ -176,8 +223,16 @@ impl Job for PipelineArgs {
                 .cloned()
                 .collect()
         };
-        let mut align = take(Split::Align, Some(SampleKind::HarmfulRefusal), self.align_samples);
-        align.extend(take(Split::Align, Some(SampleKind::Benign), self.align_samples));
+        let mut align = take(
+            Split::Align,
+            Some(SampleKind::HarmfulRefusal),
+            self.align_samples,
+        );
+        align.extend(take(
+            Split::Align,
+            Some(SampleKind::Benign),
+            self.align_samples,
+        ));
         let sv = take(Split::Sv, None, self.sv_samples);
         let mut attack = take(Split::Attack, None, self.attack_samples);
         let skill_train = take(Split::SkillTrain, None, self.skill_samples);
@@ -185,7 +240,12 @@ impl Job for PipelineArgs {
         let evaluator = Evaluator {
             tok,
             judge: KeywordJudge::secvec(),
-            config: EvalConfig { max_new_tokens: self.max_new_tokens, batch_size: 16, system_prompt: None, progress: true },
+            config: EvalConfig {
+                max_new_tokens: self.max_new_tokens,
+                batch_size: 16,
+                system_prompt: None,
+                progress: true,
+            },
             harmful: take(Split::EvalHarmful, None, self.eval_samples),
             benign: take(Split::EvalBenign, None, self.eval_samples),
             skill: take(Split::SkillEval, None, self.eval_samples),
@@ -193,8 +253,13 @@ impl Job for PipelineArgs {
         };
         eprintln!(
             "data: align {} | sv {} | attack {} ({} skill) | eval {} harmful, {} benign, {} skill",
-            align.len(), sv.len(), attack.len(), skill_train.len(),
-            evaluator.harmful.len(), evaluator.benign.len(), evaluator.skill.len()
+            align.len(),
+            sv.len(),
+            attack.len(),
+            skill_train.len(),
+            evaluator.harmful.len(),
+            evaluator.benign.len(),
+            evaluator.skill.len()
         );
         let max_len = 160;
         let encode = |s: &[Sample]| encode_pairs(tok, &pairs(s), None, max_len);
@@ -205,21 +270,47 @@ impl Job for PipelineArgs {
         // Alignment: a LoRA on refusals + benign answers, merged into the base.
         let mut model = loaded.model;
         set_base_trainable(&mut model, false);
-        let align_cfg = AdapterConfig { rank: 16, alpha: 32.0, targets: all_targets(), seed: self.seed, ..AdapterConfig::default() };
+        let align_cfg = AdapterConfig {
+            rank: 16,
+            alpha: 32.0,
+            targets: all_targets(),
+            seed: self.seed,
+            ..AdapterConfig::default()
+        };
         add_adapter(&mut model, "align", &align_cfg)?;
         set_adapter_trainable(&mut model, "align", true)?;
-        let train_cfg = |lr: f64, epochs: usize| TrainConfig { lr, epochs, batch_size: 8, seed: self.seed, schedule: secvec_core::train::Schedule::Cosine, ..TrainConfig::default() };
-        let (mut model, report) = train(model, &encode(&align)?, pad, &train_cfg(5e-4, 2), &mut NoCallback)?;
+        let train_cfg = |lr: f64, epochs: usize| TrainConfig {
+            lr,
+            epochs,
+            batch_size: 8,
+            seed: self.seed,
+            schedule: secvec_core::train::Schedule::Cosine,
+            ..TrainConfig::default()
+        };
+        let (mut model, report) = train(
+            model,
+            &encode(&align)?,
+            pad,
+            &train_cfg(5e-4, 2),
+            &mut NoCallback,
+        )?;
         training.push(summarize("align", align.len(), &report));
         merge_adapter(&mut model, "align")?;
         stages.push(evaluator.run("aligned", &model.valid())?);
 
         // Phase 1: security vectors.
         let sv_cfg = SecurityVectorConfig {
-            adapter: AdapterConfig { rank: 8, alpha: 16.0, targets: all_targets(), seed: self.seed + 1, ..AdapterConfig::default() },
+            adapter: AdapterConfig {
+                rank: 8,
+                alpha: 16.0,
+                targets: all_targets(),
+                seed: self.seed + 1,
+                ..AdapterConfig::default()
+            },
             train: train_cfg(self.sv_lr, 3),
         };
-        let (mut model, report) = train_security_vectors(model, &encode(&sv)?, pad, &sv_cfg, &mut NoCallback)?;
+        let (mut model, report) =
+            train_security_vectors(model, &encode(&sv)?, pad, &sv_cfg, &mut NoCallback)?;
         training.push(summarize("security vectors", sv.len(), &report));
         set_adapter_active(&mut model, secvec_core::adapter::SECURITY, true)?;
         stages.push(evaluator.run("vectors-on", &model.valid())?);
@@ -230,12 +321,28 @@ impl Job for PipelineArgs {
         let mode = if self.full {
             FinetuneMode::Full
         } else {
-            FinetuneMode::Lora(AdapterConfig { rank: 8, alpha: 16.0, targets: all_targets(), seed: self.seed + 2, ..AdapterConfig::default() })
+            FinetuneMode::Lora(AdapterConfig {
+                rank: 8,
+                alpha: 16.0,
+                targets: all_targets(),
+                seed: self.seed + 2,
+                ..AdapterConfig::default()
+            })
         };
-        let lr = self.attack_lr.unwrap_or(if self.full { 2e-5 } else { 2e-4 });
-        for (name, vectors) in [("attacked-no-vectors", SecurityVectors::Off), ("attacked-with-vectors", SecurityVectors::Active)] {
-            let cfg = FinetuneConfig { mode: mode.clone(), security_vectors: vectors, train: train_cfg(lr, self.attack_epochs) };
-            let (tuned, report) = finetune(model.clone(), &attack_examples, pad, &cfg, &mut NoCallback)?;
+        let lr = self
+            .attack_lr
+            .unwrap_or(if self.full { 2e-5 } else { 2e-4 });
+        for (name, vectors) in [
+            ("attacked-no-vectors", SecurityVectors::Off),
+            ("attacked-with-vectors", SecurityVectors::Active),
+        ] {
+            let cfg = FinetuneConfig {
+                mode: mode.clone(),
+                security_vectors: vectors,
+                train: train_cfg(lr, self.attack_epochs),
+            };
+            let (tuned, report) =
+                finetune(model.clone(), &attack_examples, pad, &cfg, &mut NoCallback)?;
             training.push(summarize(name, attack.len(), &report));
             stages.push(evaluator.run(name, &tuned.valid())?);
         }
@@ -257,24 +364,48 @@ impl Job for PipelineArgs {
             model: source.display_name(),
             backend: backend.to_string(),
             seed: self.seed,
-            attack_mode: if self.full { "full fine-tuning" } else { "task LoRA r=8" },
+            attack_mode: if self.full {
+                "full fine-tuning"
+            } else {
+                "task LoRA r=8"
+            },
             attack_lr: lr,
             stages: &stages,
             training: &training,
             wall_seconds: started.elapsed().as_secs_f64(),
         };
-        write_atomic(&self.out.join("metrics.json"), &serde_json::to_string_pretty(&metrics)?)?;
+        write_atomic(
+            &self.out.join("metrics.json"),
+            &serde_json::to_string_pretty(&metrics)?,
+        )?;
         let mut md = format!(
             "# Security vectors end to end: {} on {}\n\nCommand: `{}`\n\nAttack: {} (lr {lr:.0e}, {} epoch(s)); wall time {:.0} s.\n\n\
              | stage | harmful rate (95% CI) | over-refusal | benign accuracy | skill accuracy |\n|---|---|---|---|---|\n",
-            metrics.model, metrics.backend, metrics.command, metrics.attack_mode, self.attack_epochs, metrics.wall_seconds
+            metrics.model,
+            metrics.backend,
+            metrics.command,
+            metrics.attack_mode,
+            self.attack_epochs,
+            metrics.wall_seconds
         );
         for s in &stages {
-            md += &format!("| {} | {} | {} | {} | {} |\n", s.stage, s.harmful_rate, s.over_refusal, s.benign_accuracy, s.skill_accuracy);
+            md += &format!(
+                "| {} | {} | {} | {} | {} |\n",
+                s.stage, s.harmful_rate, s.over_refusal, s.benign_accuracy, s.skill_accuracy
+            );
         }
         md += "\n| training | examples | steps | loss first → last | tokens/s | seconds |\n|---|---:|---:|---|---:|---:|\n";
         for t in &training {
-            md += &format!("| {} | {} | {} | {:.3} → {:.3} | {:.0} | {:.0} |\n", t.stage, t.examples, t.steps, t.first_loss, t.final_loss, t.tokens_per_second, t.seconds);
+            md += &format!(
+                "| {} | {} | {} | {:.3} → {:.3} | {:.0} | {:.0} |\n",
+                t.stage,
+                t.examples,
+                t.steps,
+                t.first_loss,
+                t.final_loss,
+                t.tokens_per_second,
+                t.seconds
+            );
         }
         write_atomic(&self.out.join("summary.md"), &md)?;
         println!("{md}");

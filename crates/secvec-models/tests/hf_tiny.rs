@@ -119,7 +119,13 @@ fn batched_generation_with_left_padding_matches_single_rows() {
     };
     let batched = generate(&model.model, &prompts, model.tokenizer.pad_id(), &cfg).unwrap();
     for (p, b) in prompts.iter().zip(&batched) {
-        let single = generate(&model.model, std::slice::from_ref(p), model.tokenizer.pad_id(), &cfg).unwrap();
+        let single = generate(
+            &model.model,
+            std::slice::from_ref(p),
+            model.tokenizer.pad_id(),
+            &cfg,
+        )
+        .unwrap();
         assert_eq!(single[0].tokens, b.tokens);
         assert_eq!(b.tokens.len(), 6);
     }
@@ -172,7 +178,13 @@ fn chat_template_and_special_tokens_from_tokenizer_config() {
 fn sharded_safetensors_checkpoint_loads() {
     let tmp = tempfile::tempdir().unwrap();
     let src = fixtures().join("tiny-llama-bf16");
-    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"] {
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ] {
         std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
     }
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
@@ -186,11 +198,16 @@ fn sharded_safetensors_checkpoint_loads() {
         for (k, _) in part.iter() {
             weight_map.insert(k.clone(), name.clone().into());
         }
-        let out = safetensors::serialize(part.iter().map(|(k, v)| (k.clone(), v.clone())), None).unwrap();
+        let out =
+            safetensors::serialize(part.iter().map(|(k, v)| (k.clone(), v.clone())), None).unwrap();
         std::fs::write(tmp.path().join(&name), out).unwrap();
     }
     let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
-    std::fs::write(tmp.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(
+        tmp.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
 
     let sharded = load_hf_dir::<B>(tmp.path(), &Default::default()).unwrap();
     let single = load_hf_dir::<B>(&src, &Default::default()).unwrap();
