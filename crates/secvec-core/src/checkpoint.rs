@@ -5,12 +5,11 @@
 use std::path::Path;
 
 use burn::tensor::{Tensor, backend::Backend};
-use safetensors::{Dtype, tensor::TensorView};
 
 use secvec_models::Llama;
 use secvec_models::weights::transpose;
 
-use crate::adapter::peft::write_atomic;
+use crate::adapter::peft::write_f32_safetensors;
 use crate::error::{CoreError, Result};
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -85,23 +84,5 @@ pub fn save_hf_safetensors<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(
             )
         })
         .collect();
-    let views = tensors
-        .iter()
-        .map(|(k, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (k.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| CoreError::Safetensors {
-            path: path.clone(),
-            cause: e.to_string(),
-        })?;
-    let metadata = Some(std::collections::HashMap::from([(
-        "format".to_string(),
-        "pt".to_string(),
-    )]));
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| CoreError::Safetensors {
-        path: path.clone(),
-        cause: e.to_string(),
-    })?;
-    write_atomic(&path, &bytes)
+    write_f32_safetensors(&path, &tensors)
 }

@@ -19,6 +19,7 @@ use secvec_core::eval::metrics::{
     EvalConfig, SampleResult, accuracy, compliance_rate, evaluate_samples, refusal_rate,
 };
 use secvec_core::eval::stats::Rate;
+use secvec_core::train::phases::all_targets;
 use secvec_core::train::{
     FinetuneConfig, FinetuneMode, NoCallback, SecurityVectorConfig, SecurityVectors, TextPair,
     TrainConfig, TrainReport, encode_pairs, finetune, train, train_security_vectors,
@@ -186,20 +187,6 @@ impl Evaluator<'_> {
         );
         Ok(m)
     }
-}
-
-fn all_targets() -> Vec<String> {
-    [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ]
-    .map(String::from)
-    .to_vec()
 }
 
 impl Job for PipelineArgs {

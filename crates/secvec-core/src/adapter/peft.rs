@@ -284,25 +284,7 @@ pub fn save_peft_adapter<B: Backend>(
     }
     std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
     let weights_path = dir.join(WEIGHTS_FILE);
-    let views = tensors
-        .iter()
-        .map(|(k, shape, data)| {
-            TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (k.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| CoreError::Safetensors {
-            path: weights_path.clone(),
-            cause: e.to_string(),
-        })?;
-    let metadata = Some(std::collections::HashMap::from([(
-        "format".to_string(),
-        "pt".to_string(),
-    )]));
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| CoreError::Safetensors {
-        path: weights_path.clone(),
-        cause: e.to_string(),
-    })?;
-    write_atomic(&weights_path, &bytes)?;
+    write_f32_safetensors(&weights_path, &tensors)?;
     let peft_config = json!({
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -327,6 +309,28 @@ pub fn save_peft_adapter<B: Backend>(
     let text = serde_json::to_string_pretty(&peft_config).expect("JSON of plain values");
     write_atomic(&config_path, text.as_bytes())?;
     Ok(dir.to_path_buf())
+}
+
+/// Writes `(name, shape, little-endian f32 bytes)` tensors as a safetensors file (PyTorch
+/// `format: pt` metadata), atomically.
+pub fn write_f32_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) -> Result<()> {
+    let err = |e: safetensors::SafeTensorError| CoreError::Safetensors {
+        path: path.to_path_buf(),
+        cause: e.to_string(),
+    };
+    let views = tensors
+        .iter()
+        .map(|(k, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), data).map(|v| (k.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(err)?;
+    let metadata = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
+    let bytes = safetensors::serialize(views, metadata).map_err(err)?;
+    write_atomic(path, &bytes)
 }
 
 /// Writes through a temporary file and a rename, so a crash never leaves a half-written file.

@@ -42,7 +42,8 @@ pub struct SecurityVectorConfig {
     pub train: TrainConfig,
 }
 
-fn all_targets() -> Vec<String> {
+/// All seven projections by Hugging Face name (the reference run's adapter targets).
+pub fn all_targets() -> Vec<String> {
     [
         "q_proj",
         "k_proj",
