@@ -107,17 +107,7 @@ fn sv_config() -> SecurityVectorConfig {
         adapter: AdapterConfig {
             rank: 8,
             alpha: 16.0,
-            targets: [
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ]
-            .map(String::from)
-            .to_vec(),
+            targets: secvec_core::train::phases::all_targets(),
             seed: 3,
             ..AdapterConfig::default()
         },

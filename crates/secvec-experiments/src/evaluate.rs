@@ -21,7 +21,7 @@ use secvec_core::eval::metrics::{accuracy, by_category, compliance_rate, refusal
 use secvec_core::eval::{
     EvalConfig, Judge, KeywordJudge, Rate, SampleResult, evaluate_samples, response_nlls,
 };
-use secvec_models::{Llama, ModelSource, TextTokenizer, load_model};
+use secvec_models::{Llama, TextTokenizer};
 use serde::Serialize;
 
 use crate::ModelArgs;
@@ -374,15 +374,7 @@ impl Job for EvaluateArgs {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let t0 = Instant::now();
-        let source = ModelSource::parse(&self.model.model)?;
-        let loaded =
-            load_model::<B::InnerBackend>(&source, self.model.cache_dir.as_deref(), &device)
-                .with_context(|| format!("loading model `{}`", self.model.model))?;
-        eprintln!(
-            "loaded {} on {backend} in {:.1}s",
-            source.display_name(),
-            t0.elapsed().as_secs_f64()
-        );
+        let (source, loaded) = self.model.load::<B::InnerBackend>(&device, backend)?;
         let advbench = match &self.advbench {
             Some(path) => Some(
                 load_samples(path, DataFormat::AdvBenchCsv)

@@ -77,20 +77,31 @@ struct GenerateArgs {
     seed: u64,
 }
 
-impl Job for GenerateArgs {
-    type Output = ();
-
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
-        let source = ModelSource::parse(&self.model.model)?;
+impl ModelArgs {
+    /// Resolves and loads the model, reporting the load time on stderr.
+    pub fn load<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+        backend: BackendKind,
+    ) -> Result<(ModelSource, secvec_models::LoadedModel<B>)> {
         let t0 = Instant::now();
-        let loaded =
-            load_model::<B::InnerBackend>(&source, self.model.cache_dir.as_deref(), &device)
-                .with_context(|| format!("loading model `{}`", self.model.model))?;
+        let source = ModelSource::parse(&self.model)?;
+        let loaded = load_model::<B>(&source, self.cache_dir.as_deref(), device)
+            .with_context(|| format!("loading model `{}`", self.model))?;
         eprintln!(
             "loaded {} on {backend} in {:.1}s",
             source.display_name(),
             t0.elapsed().as_secs_f64()
         );
+        Ok((source, loaded))
+    }
+}
+
+impl Job for GenerateArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+        let (_, loaded) = self.model.load::<B::InnerBackend>(&device, backend)?;
         let tok = &loaded.tokenizer;
         let prompts = self
             .prompt
