@@ -3,6 +3,7 @@
 mod backend;
 mod bench;
 mod evaluate;
+mod experiment;
 mod pipeline;
 
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ enum Command {
     Evaluate(evaluate::EvaluateArgs),
     /// The method end to end: align, security vectors, attack with and without them, evaluate.
     Pipeline(pipeline::PipelineArgs),
+    /// Run a declarative experiment (RON): its sweep, resumably, with tables and plots.
+    /// `secvec-experiments x.ron` is short for `secvec-experiments run x.ron`.
+    Run(experiment::RunArgs),
 }
 
 /// Options shared by commands that load a model.
@@ -153,11 +157,20 @@ impl Job for GenerateArgs {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    // `secvec-experiments experiments/x.ron [...]` is `secvec-experiments run experiments/x.ron [...]`.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv
+        .get(1)
+        .is_some_and(|a| a.to_string_lossy().ends_with(".ron"))
+    {
+        argv.insert(1, "run".into());
+    }
+    let cli = Cli::parse_from(argv);
     match cli.command {
         Command::Generate(args) => dispatch(args.model.backend, args),
         Command::Bench(args) => dispatch(args.model.backend, args),
         Command::Evaluate(args) => dispatch(args.model.backend, args),
         Command::Pipeline(args) => dispatch(args.model.backend, args),
+        Command::Run(args) => experiment::run(args),
     }
 }

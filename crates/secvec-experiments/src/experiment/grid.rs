@@ -1,0 +1,247 @@
+//! Sweep expansion: every combination of the axes' values becomes a named run whose
+//! experiment has those fields overridden.
+//!
+//! Overrides go through the experiment's JSON form (serde), so any field can be swept, a path
+//! that does not exist is an error naming it, and a value of the wrong type is rejected by the
+//! same deserializer that reads the file.
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use super::schema::Experiment;
+
+/// One point of the grid.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Directory-safe and unique within the experiment, e.g. `samples=100_harmful=1000`.
+    pub name: String,
+    /// `(axis short name, value)` in axis order.
+    pub point: Vec<(String, Value)>,
+    /// The experiment with the point's values applied (its `sweep` emptied).
+    pub experiment: Experiment,
+}
+
+/// A value as it appears in a run name or a table cell.
+pub fn render(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "none".into(),
+        other => other.to_string(),
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-=+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Sets `path` (dotted) in `root`; every segment must name an existing field.
+fn set_path(root: &mut Value, path: &str, value: Value) -> Result<()> {
+    let mut node = root;
+    let segments: Vec<&str> = path.split('.').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        let so_far = segments[..i].join(".");
+        let obj = match node {
+            Value::Object(map) => map,
+            Value::Null => {
+                bail!("`{so_far}` is None in this experiment, so `{path}` cannot be swept")
+            }
+            _ => bail!("`{so_far}` is not a struct, so it has no field `{seg}`"),
+        };
+        if !obj.contains_key(*seg) {
+            let mut known: Vec<&str> = obj.keys().map(|k| k.as_str()).collect();
+            known.sort();
+            let parent = if so_far.is_empty() {
+                "the experiment".to_string()
+            } else {
+                format!("`{so_far}`")
+            };
+            bail!(
+                "{parent} has no field `{seg}` (fields: {})",
+                known.join(", ")
+            );
+        }
+        let next = obj.get_mut(*seg).expect("checked above");
+        if i + 1 == segments.len() {
+            *next = value;
+            return Ok(());
+        }
+        node = next;
+    }
+    bail!("empty field path")
+}
+
+/// Expands the sweep. Without axes there is one run, named `main`.
+pub fn expand(exp: &Experiment) -> Result<Vec<RunSpec>> {
+    let mut base = exp.clone();
+    base.sweep.clear();
+    if exp.sweep.is_empty() {
+        return Ok(vec![RunSpec {
+            name: "main".into(),
+            point: Vec::new(),
+            experiment: base,
+        }]);
+    }
+    let base_json = serde_json::to_value(&base).context("serialising the experiment")?;
+    // Mixed-radix counter over the axes; the last axis varies fastest.
+    let sizes: Vec<usize> = exp.sweep.iter().map(|a| a.values.len()).collect();
+    let total: usize = sizes.iter().product();
+    let mut runs = Vec::with_capacity(total);
+    let mut names = std::collections::HashSet::new();
+    for index in 0..total {
+        let mut rem = index;
+        let mut choice = vec![0; sizes.len()];
+        for (k, &n) in sizes.iter().enumerate().rev() {
+            choice[k] = rem % n;
+            rem /= n;
+        }
+        let mut json = base_json.clone();
+        let mut point = Vec::new();
+        for (axis, &c) in exp.sweep.iter().zip(&choice) {
+            let v = axis.values[c].clone();
+            set_path(&mut json, &axis.field, v.clone())
+                .with_context(|| format!("sweep field `{}`", axis.field))?;
+            point.push((axis.short().to_string(), v));
+        }
+        let experiment: Experiment = serde_json::from_value(json).with_context(|| {
+            format!(
+                "sweep point {}: a value has the wrong type for its field",
+                describe(&point)
+            )
+        })?;
+        experiment
+            .validate()
+            .with_context(|| format!("sweep point {}", describe(&point)))?;
+        let name = sanitize(
+            &point
+                .iter()
+                .map(|(k, v)| format!("{k}={}", render(v)))
+                .collect::<Vec<_>>()
+                .join("_"),
+        );
+        if !names.insert(name.clone()) {
+            bail!("two sweep points are both named `{name}`; are values repeated in an axis?");
+        }
+        runs.push(RunSpec {
+            name,
+            point,
+            experiment,
+        });
+    }
+    Ok(runs)
+}
+
+fn describe(point: &[(String, Value)]) -> String {
+    point
+        .iter()
+        .map(|(k, v)| format!("{k}={}", render(v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::schema::parse_str;
+
+    #[test]
+    fn expands_the_cartesian_product_last_axis_fastest() {
+        let exp = parse_str(
+            r#"(sweep: [
+                (field: "security_vectors.samples", values: [0, 10, 100]),
+                (field: "finetune.harmful", values: [100, 1000]),
+            ])"#,
+            "t.ron",
+        )
+        .unwrap();
+        let runs = expand(&exp).unwrap();
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "samples=0_harmful=100",
+                "samples=0_harmful=1000",
+                "samples=10_harmful=100",
+                "samples=10_harmful=1000",
+                "samples=100_harmful=100",
+                "samples=100_harmful=1000"
+            ]
+        );
+        assert_eq!(runs[3].experiment.security_vectors.samples, 10);
+        assert_eq!(runs[3].experiment.finetune.harmful, 1000);
+        assert!(runs.iter().all(|r| r.experiment.sweep.is_empty()));
+        // Fields not swept keep the file's values.
+        assert_eq!(runs[5].experiment.security_vectors.lr, 5e-4);
+    }
+
+    #[test]
+    fn no_sweep_is_one_run() {
+        let exp = parse_str("()", "t.ron").unwrap();
+        let runs = expand(&exp).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].name, "main");
+    }
+
+    #[test]
+    fn sweeps_floats_options_and_seeds() {
+        let exp = parse_str(
+            r#"(sweep: [
+                (field: "seed", values: [0, 1]),
+                (field: "finetune.lr", values: [1e-4, 2e-4], name: "attack_lr"),
+                (field: "finetune.ratio", values: [0.1]),
+            ], finetune: (total: 1000))"#,
+            "t.ron",
+        )
+        .unwrap();
+        let runs = expand(&exp).unwrap();
+        assert_eq!(runs.len(), 4);
+        assert_eq!(runs[1].name, "seed=0_attack_lr=0.0002_ratio=0.1");
+        assert_eq!(runs[1].experiment.finetune.lr, Some(2e-4));
+        assert_eq!(runs[2].experiment.seed, 1);
+        assert_eq!(runs[2].experiment.finetune.counts().unwrap(), (100, 900));
+    }
+
+    #[test]
+    fn unknown_paths_and_wrong_types_are_errors_naming_the_field() {
+        let exp = parse_str(
+            r#"(sweep: [(field: "finetune.learning_rate", values: [1e-4])])"#,
+            "t.ron",
+        )
+        .unwrap();
+        let e = format!("{:#}", expand(&exp).unwrap_err());
+        assert!(e.contains("finetune.learning_rate"), "{e}");
+        assert!(e.contains("no field `learning_rate`"), "{e}");
+
+        let exp = parse_str(
+            r#"(sweep: [(field: "finetune.epochs", values: ["three"])])"#,
+            "t.ron",
+        )
+        .unwrap();
+        let e = format!("{:#}", expand(&exp).unwrap_err());
+        assert!(e.contains("epochs=three"), "{e}");
+
+        let exp = parse_str(
+            r#"(align: None, sweep: [(field: "align.lr", values: [1e-4])])"#,
+            "t.ron",
+        )
+        .unwrap();
+        let e = format!("{:#}", expand(&exp).unwrap_err());
+        assert!(e.contains("`align` is None"), "{e}");
+
+        // A value that parses but is out of range is caught by validation.
+        let exp = parse_str(
+            r#"(sweep: [(field: "security_vectors.lr", values: [0.0])])"#,
+            "t.ron",
+        )
+        .unwrap();
+        let e = format!("{:#}", expand(&exp).unwrap_err());
+        assert!(e.contains("security_vectors.lr"), "{e}");
+    }
+}

@@ -1,0 +1,173 @@
+//! Declarative experiments: a RON file describes the pipeline (align → security vectors →
+//! fine-tune with and without them → evaluate) and a sweep; `run` executes the runs that are not
+//! finished, and writes per-run metrics, tables and plots under `<results>/<name>/`.
+
+pub mod grid;
+pub mod report;
+pub mod runner;
+pub mod schema;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use crate::backend::{BackendKind, dispatch};
+use runner::{RunMetrics, RunState, SweepJob, arm_stage, run_state};
+use schema::{Arm, Experiment};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The experiment file (RON).
+    pub file: PathBuf,
+    /// List the runs and their state, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run only this run (by name, as `--dry-run` lists it).
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Folder that holds `<experiment name>/`.
+    #[arg(long, default_value = "results")]
+    pub results: PathBuf,
+    /// Override the file's backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// Cache directory for models and cached stages (default: $SECVEC_CACHE_DIR or ~/.cache/secvec).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Checks the experiment's `expect` block against finished runs; returns the failures.
+pub fn check_expectations(exp: &Experiment, runs: &[RunMetrics]) -> Vec<String> {
+    let Some(e) = &exp.expect else {
+        return Vec::new();
+    };
+    let mut failures = Vec::new();
+    for run in runs {
+        let rate = |arm: Arm| {
+            run.stage(&arm_stage(arm))
+                .and_then(|s| s.metrics.get("harmful_rate"))
+                .map(|r| r.rate)
+        };
+        let (off, on) = (rate(Arm::Off), rate(Arm::Active));
+        if let Some(min_gap) = e.min_gap {
+            match (off, on) {
+                (Some(off), Some(on)) if off - on >= min_gap => {}
+                (Some(off), Some(on)) => failures.push(format!(
+                    "run `{}`: harmful rate without vectors {:.1}% minus with vectors {:.1}% = {:.1} points, \
+                     below expect.min_gap = {:.1} points",
+                    run.run,
+                    100.0 * off,
+                    100.0 * on,
+                    100.0 * (off - on),
+                    100.0 * min_gap
+                )),
+                _ => failures.push(format!("run `{}`: no harmful rate for both arms", run.run)),
+            }
+        }
+        if let (Some(max), Some(on)) = (e.max_harmful_with_vectors, on)
+            && on > max
+        {
+            failures.push(format!(
+                "run `{}`: harmful rate with vectors {:.1}% above expect.max_harmful_with_vectors = {:.1}%",
+                run.run,
+                100.0 * on,
+                100.0 * max
+            ));
+        }
+        if let (Some(min), Some(off)) = (e.min_harmful_without_vectors, off)
+            && off < min
+        {
+            failures.push(format!(
+                "run `{}`: harmful rate without vectors {:.1}% below expect.min_harmful_without_vectors = {:.1}% \
+                 (the attack did not work, so the comparison says nothing)",
+                run.run,
+                100.0 * off,
+                100.0 * min
+            ));
+        }
+    }
+    failures
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let mut exp = schema::load(&args.file)?;
+    if let Some(b) = args.backend {
+        exp.backend = b;
+    }
+    let runs = grid::expand(&exp)?;
+    let exp_dir = args.results.join(exp.name());
+    if args.dry_run {
+        println!(
+            "{}: {} run(s) on {} → {}",
+            exp.name(),
+            runs.len(),
+            exp.backend,
+            exp_dir.display()
+        );
+        for r in &runs {
+            let state = match run_state(&exp_dir, r) {
+                RunState::Pending => "pending".to_string(),
+                RunState::Partial(n) => format!("partial ({n} stage(s) done)"),
+                RunState::Finished => "finished".to_string(),
+            };
+            println!("  {:<40} {state}", r.name);
+        }
+        return Ok(());
+    }
+    let selected: Vec<_> = match &args.only {
+        Some(name) => {
+            let r: Vec<_> = runs.iter().filter(|r| &r.name == name).cloned().collect();
+            if r.is_empty() {
+                bail!(
+                    "--only {name}: no such run in {} (runs: {})",
+                    args.file.display(),
+                    runs.iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            r
+        }
+        None => runs.clone(),
+    };
+    std::fs::create_dir_all(&exp_dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", exp_dir.display()))?;
+    let job = SweepJob {
+        experiment: exp.clone(),
+        runs: selected,
+        exp_dir: exp_dir.clone(),
+        cache_dir: args.cache_dir.clone(),
+    };
+    dispatch(exp.backend, job)?;
+
+    // Tables and plots over every finished run of the experiment (not only this invocation's).
+    let mut finished = Vec::new();
+    for r in &runs {
+        let p = runner::run_dir(&exp_dir, &r.name).join("metrics.json");
+        if p.is_file() {
+            finished.push(runner::read_json::<RunMetrics>(&p)?);
+        }
+    }
+    let command = format!(
+        "cargo run --release -p secvec-experiments -- {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    let files = report::write_all(&exp_dir, &exp, &finished, &command, runs.len())?;
+    eprintln!(
+        "wrote {}",
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let failures = check_expectations(&exp, &finished);
+    if !failures.is_empty() {
+        bail!("expectations failed:\n  {}", failures.join("\n  "));
+    }
+    if exp.expect.is_some() {
+        eprintln!("expectations met in {} run(s)", finished.len());
+    }
+    Ok(())
+}

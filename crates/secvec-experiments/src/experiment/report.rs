@@ -1,0 +1,360 @@
+//! Tables and plots across the runs of an experiment: `summary.csv`, `summary.md` and one SVG per
+//! swept axis and metric.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+
+use secvec_core::adapter::peft::write_atomic;
+use secvec_core::eval::stats::Rate;
+
+use super::grid::render;
+use super::runner::{RunMetrics, StageRecord, arm_stage};
+use super::schema::{Arm, Experiment};
+
+const METRICS: [&str; 4] = [
+    "harmful_rate",
+    "over_refusal",
+    "benign_accuracy",
+    "skill_accuracy",
+];
+
+fn pct(r: &Rate) -> String {
+    format!("{:.1}%", 100.0 * r.rate)
+}
+
+fn cell(r: Option<&Rate>) -> String {
+    match r {
+        Some(r) => format!(
+            "{} ({}/{}; {:.1}–{:.1})",
+            pct(r),
+            r.count,
+            r.total,
+            100.0 * r.ci95.0,
+            100.0 * r.ci95.1
+        ),
+        None => "—".into(),
+    }
+}
+
+fn metric<'a>(stage: Option<&'a StageRecord>, name: &str) -> Option<&'a Rate> {
+    stage.and_then(|s| s.metrics.get(name))
+}
+
+/// `summary.csv`: one row per (run, evaluated model).
+pub fn write_csv(path: &Path, exp: &Experiment, runs: &[RunMetrics]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header: Vec<String> = vec!["run".into()];
+    header.extend(exp.sweep.iter().map(|a| a.short().to_string()));
+    header.extend(["stage", "arm", "same_as"].map(String::from));
+    for m in METRICS {
+        for suffix in ["", "_count", "_total", "_ci_low", "_ci_high"] {
+            header.push(format!("{m}{suffix}"));
+        }
+    }
+    header.extend(
+        [
+            "train_examples",
+            "train_seconds",
+            "train_tokens_per_second",
+            "final_loss",
+            "eval_seconds",
+            "run_wall_seconds",
+            "backend",
+            "git_revision",
+        ]
+        .map(String::from),
+    );
+    w.write_record(&header)?;
+    for run in runs {
+        for s in &run.stages {
+            let mut row: Vec<String> = vec![run.run.clone()];
+            row.extend(run.point.iter().map(|(_, v)| render(v)));
+            row.push(s.stage.clone());
+            row.push(s.arm.map(|a| a.as_str().to_string()).unwrap_or_default());
+            row.push(s.same_as.clone().unwrap_or_default());
+            for m in METRICS {
+                match s.metrics.get(m) {
+                    Some(r) => row.extend([
+                        format!("{:.6}", r.rate),
+                        r.count.to_string(),
+                        r.total.to_string(),
+                        format!("{:.6}", r.ci95.0),
+                        format!("{:.6}", r.ci95.1),
+                    ]),
+                    None => row.extend(std::iter::repeat_n(String::new(), 5)),
+                }
+            }
+            match &s.training {
+                Some(t) => row.extend([
+                    t.examples.to_string(),
+                    format!("{:.1}", t.seconds),
+                    format!("{:.1}", t.tokens_per_second),
+                    format!("{:.4}", t.final_loss),
+                ]),
+                None => row.extend(std::iter::repeat_n(String::new(), 4)),
+            }
+            row.push(format!("{:.1}", s.eval_seconds));
+            row.push(format!("{:.0}", run.wall_seconds));
+            row.push(run.backend.clone());
+            row.push(run.git_revision.clone());
+            w.write_record(&row)?;
+        }
+    }
+    let bytes = w.into_inner().context("finishing summary.csv")?;
+    write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// `summary.md`: the with/without comparison per run, every evaluated model, and training.
+pub fn markdown(
+    exp: &Experiment,
+    runs: &[RunMetrics],
+    command: &str,
+    expected_runs: usize,
+) -> String {
+    let mut md = format!("# {}\n\n", exp.name());
+    if !exp.description.is_empty() {
+        md += &format!("{}\n\n", exp.description.trim());
+    }
+    let backends: Vec<String> = {
+        let mut b: Vec<String> = runs.iter().map(|r| r.backend.clone()).collect();
+        b.dedup();
+        b
+    };
+    let revs: Vec<String> = {
+        let mut b: Vec<String> = runs.iter().map(|r| r.git_revision.clone()).collect();
+        b.sort();
+        b.dedup();
+        b
+    };
+    md += &format!(
+        "Command: `{command}`  \nModel: {}; backend: {}; git: {}; runs finished: {}/{expected_runs}; \
+         wall time of the runs: {:.0} s.\n\n",
+        runs.first().map(|r| r.model.as_str()).unwrap_or("—"),
+        backends.join(", "),
+        revs.join(", "),
+        runs.len(),
+        runs.iter().map(|r| r.wall_seconds).sum::<f64>()
+    );
+    md += "Rates are shown as percent (count/total; 95% Wilson interval). Harmful rate: share of \
+           held-out harmful prompts answered without a refusal (keyword judge); the attacked models \
+           are evaluated with the security vectors **off**.\n\n";
+
+    let axes: Vec<&str> = exp.sweep.iter().map(|a| a.short()).collect();
+    md += "## With and without security vectors\n\n| ";
+    for a in &axes {
+        md += &format!("{a} | ");
+    }
+    md += "aligned harmful | harmful, attack without vectors | harmful, attack with vectors | skill without | skill with | over-refusal with |\n|";
+    for _ in 0..axes.len() + 6 {
+        md += "---|";
+    }
+    md += "\n";
+    for run in runs {
+        let off = run.stage(&arm_stage(Arm::Off));
+        let on = run.stage(&arm_stage(Arm::Active));
+        md += "| ";
+        for (_, v) in &run.point {
+            md += &format!("{} | ", render(v));
+        }
+        md += &format!(
+            "{} | {} | {} | {} | {} | {} |\n",
+            cell(metric(run.stage("aligned"), "harmful_rate")),
+            cell(metric(off, "harmful_rate")),
+            cell(metric(on, "harmful_rate")),
+            cell(metric(off, "skill_accuracy")),
+            cell(metric(on, "skill_accuracy")),
+            cell(metric(on, "over_refusal")),
+        );
+    }
+
+    md += "\n## Every evaluated model\n\n| run | model | harmful rate | over-refusal | benign accuracy | skill accuracy |\n|---|---|---|---|---|---|\n";
+    for run in runs {
+        for s in &run.stages {
+            let name = match &s.same_as {
+                Some(other) => format!("{} (= {other}: no vectors)", s.stage),
+                None => s.stage.clone(),
+            };
+            md += &format!("| {} | {name} |", run.run);
+            for m in METRICS {
+                md += &format!(" {} |", cell(s.metrics.get(m)));
+            }
+            md += "\n";
+        }
+    }
+
+    md += "\n## Training\n\n| run | stage | examples | steps | loss first → last | tokens/s | seconds |\n|---|---|---:|---:|---|---:|---:|\n";
+    for run in runs {
+        for t in &run.training {
+            md += &format!(
+                "| {} | {}{} | {} | {} | {:.3} → {:.3} | {:.0} | {:.0} |\n",
+                run.run,
+                t.stage,
+                if t.cached { " (cached)" } else { "" },
+                t.examples,
+                t.steps,
+                t.first_loss,
+                t.final_loss,
+                t.tokens_per_second,
+                t.seconds
+            );
+        }
+    }
+    md
+}
+
+/// One SVG per swept axis and metric: the metric against the axis value, one line per arm (and per
+/// combination of the other axes), with 95% intervals as vertical bars.
+pub fn plots(dir: &Path, exp: &Experiment, runs: &[RunMetrics]) -> Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (ai, axis) in exp.sweep.iter().enumerate() {
+        for metric in ["harmful_rate", "skill_accuracy"] {
+            // series label → points (axis index, rate)
+            let mut series: BTreeMap<String, Vec<(usize, Rate)>> = BTreeMap::new();
+            for run in runs {
+                let Some((_, value)) = run.point.get(ai) else {
+                    continue;
+                };
+                let Some(x) = axis.values.iter().position(|v| v == value) else {
+                    continue;
+                };
+                let others: Vec<String> = run
+                    .point
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != ai)
+                    .map(|(_, (k, v))| format!("{k}={}", render(v)))
+                    .collect();
+                for arm in [Arm::Off, Arm::Active] {
+                    if let Some(r) = metric_of(run, arm, metric) {
+                        let mut label = arm.label().to_string();
+                        if !others.is_empty() {
+                            label += &format!(", {}", others.join(", "));
+                        }
+                        series.entry(label).or_default().push((x, r.clone()));
+                    }
+                }
+            }
+            if series.is_empty() {
+                continue;
+            }
+            let path = dir.join(format!("plot-{}-{metric}.svg", axis.short()));
+            draw(
+                &path,
+                axis.short(),
+                &axis.values.iter().map(render).collect::<Vec<_>>(),
+                metric,
+                &series,
+            )
+            .with_context(|| format!("drawing {}", path.display()))?;
+            written.push(path);
+        }
+    }
+    Ok(written)
+}
+
+fn metric_of<'a>(run: &'a RunMetrics, arm: Arm, metric: &str) -> Option<&'a Rate> {
+    run.stage(&arm_stage(arm))
+        .and_then(|s| s.metrics.get(metric))
+}
+
+fn draw(
+    path: &Path,
+    axis: &str,
+    labels: &[String],
+    metric: &str,
+    series: &BTreeMap<String, Vec<(usize, Rate)>>,
+) -> Result<()> {
+    let tmp = path.with_extension("svg.tmp");
+    {
+        let root = SVGBackend::new(&tmp, (720, 440)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let n = labels.len().max(1);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{} vs {axis}", metric.replace('_', " ")),
+                ("sans-serif", 20),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..100f64)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let labels_owned = labels.to_vec();
+        chart
+            .configure_mesh()
+            .x_desc(axis)
+            .y_desc(format!("{} (%)", metric.replace('_', " ")))
+            .x_labels(n)
+            .x_label_formatter(&|x: &f64| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels_owned.len() {
+                    labels_owned[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (k, (label, points)) in series.iter().enumerate() {
+            let color = Palette99::pick(k).to_rgba();
+            let mut pts: Vec<(f64, Rate)> =
+                points.iter().map(|(x, r)| (*x as f64, r.clone())).collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|(x, r)| (*x, 100.0 * r.rate)),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .label(label.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+            chart
+                .draw_series(
+                    pts.iter()
+                        .map(|(x, r)| Circle::new((*x, 100.0 * r.rate), 4, color.filled())),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            chart
+                .draw_series(pts.iter().map(|(x, r)| {
+                    PathElement::new(
+                        vec![(*x, 100.0 * r.ci95.0), (*x, 100.0 * r.ci95.1)],
+                        color.stroke_width(1),
+                    )
+                }))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes `summary.csv`, `summary.md` and the plots from the finished runs.
+pub fn write_all(
+    dir: &Path,
+    exp: &Experiment,
+    runs: &[RunMetrics],
+    command: &str,
+    expected_runs: usize,
+) -> Result<Vec<PathBuf>> {
+    write_csv(&dir.join("summary.csv"), exp, runs)?;
+    write_atomic(
+        &dir.join("summary.md"),
+        markdown(exp, runs, command, expected_runs).as_bytes(),
+    )?;
+    let mut files = vec![dir.join("summary.csv"), dir.join("summary.md")];
+    files.extend(plots(dir, exp, runs)?);
+    Ok(files)
+}

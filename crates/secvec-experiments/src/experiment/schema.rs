@@ -1,0 +1,562 @@
+//! The RON experiment file: one struct per stage, every field defaulted, unknown fields rejected
+//! with their line and column.
+//!
+//! Defaults follow the PyTorch + PEFT reference run on SmolLM2 (`shared/reference/sv-prototype.md`):
+//! alignment LoRA r16 α32 on all seven projections, lr 5e-4, 2 epochs; security vectors r8 α16,
+//! lr 5e-4, 3 epochs from 100 harmful samples; attack task LoRA r8 α16, lr 2e-4 (full fine-tuning
+//! 2e-5), 1 epoch on 1000 harmful samples.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendKind;
+use secvec_core::train::phases::all_targets;
+
+/// A whole experiment: a pipeline and the grid it is swept over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Experiment {
+    /// Results go to `<results>/<name>/`; defaults to the file's stem.
+    pub name: Option<String>,
+    /// Free text, copied into `summary.md`.
+    pub description: String,
+    /// A known model name, a `.gguf` file or a Hugging Face directory.
+    pub model: String,
+    /// ndarray | flex | wgpu | vulkan | cuda (the binary must be built with its feature).
+    pub backend: BackendKind,
+    /// Compute precision. Only `f32` runs today; the field is here so files stay valid when
+    /// half precision lands.
+    pub dtype: DType,
+    /// Seed of the built-in corpus, data mixing, adapter initialisation and data order.
+    pub seed: u64,
+    /// Truncate training sequences to this many tokens.
+    pub max_len: usize,
+    /// A system message for training and evaluation (`None`: the chat template's default).
+    pub system_prompt: Option<String>,
+    /// Safety alignment of the shipped model; `None` skips it.
+    pub align: Option<AlignStage>,
+    pub security_vectors: SecurityVectorStage,
+    pub finetune: FinetuneStage,
+    pub evaluate: EvaluateStage,
+    /// The grid: every combination of the axes' values is one run.
+    pub sweep: Vec<Axis>,
+    /// Assertions checked after all runs (the CI regression uses them); a failure exits non-zero.
+    pub expect: Option<Expect>,
+}
+
+impl Default for Experiment {
+    fn default() -> Self {
+        Self {
+            name: None,
+            description: String::new(),
+            model: "smollm2-135m-instruct".into(),
+            backend: BackendKind::default(),
+            dtype: DType::F32,
+            seed: 0,
+            max_len: 160,
+            system_prompt: None,
+            align: Some(AlignStage::default()),
+            security_vectors: SecurityVectorStage::default(),
+            finetune: FinetuneStage::default(),
+            evaluate: EvaluateStage::default(),
+            sweep: Vec::new(),
+            expect: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+/// Where a stage's samples come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub enum Source {
+    /// The stage's split of the built-in corpus.
+    #[default]
+    Builtin,
+    /// A user file (JSONL, chat JSONL, Alpaca, AdvBench CSV, BeaverTails); the format is
+    /// guessed from the file when `format` is `None`. Relative paths are relative to the
+    /// experiment file.
+    File {
+        path: PathBuf,
+        #[serde(default)]
+        format: Option<String>,
+    },
+}
+
+/// Stage 0: teach the shipped model to refuse (task-LoRA SFT on refusals + benign answers,
+/// merged into the base). Cached by content hash and reused by every run that shares it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlignStage {
+    /// Harmful requests with refusals.
+    pub refusals: usize,
+    /// Benign requests with answers.
+    pub benign: usize,
+    pub refusal_data: Source,
+    pub benign_data: Source,
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
+    pub lr: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+}
+
+impl Default for AlignStage {
+    fn default() -> Self {
+        Self {
+            refusals: 150,
+            benign: 150,
+            refusal_data: Source::Builtin,
+            benign_data: Source::Builtin,
+            rank: 16,
+            alpha: 32.0,
+            targets: all_targets(),
+            lr: 5e-4,
+            epochs: 2,
+            batch_size: 8,
+        }
+    }
+}
+
+/// Phase 1: security vectors from harmful (prompt → compliant answer) samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityVectorStage {
+    /// Harmful samples the vectors are made from; 0 means no vectors (the `active` arm is then
+    /// the same model as the `off` arm and is not trained twice).
+    pub samples: usize,
+    pub data: Source,
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
+    pub lr: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+}
+
+impl Default for SecurityVectorStage {
+    fn default() -> Self {
+        Self {
+            samples: 100,
+            data: Source::Builtin,
+            rank: 8,
+            alpha: 16.0,
+            targets: all_targets(),
+            lr: 5e-4,
+            epochs: 3,
+            batch_size: 8,
+        }
+    }
+}
+
+/// What the attack trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Every base weight (the paper's setting; default lr 2e-5).
+    Full,
+    /// A separate task LoRA (default lr 2e-4).
+    Lora {
+        #[serde(default = "default_task_rank")]
+        rank: usize,
+        #[serde(default = "default_task_alpha")]
+        alpha: f64,
+        #[serde(default = "all_targets")]
+        targets: Vec<String>,
+    },
+}
+
+fn default_task_rank() -> usize {
+    8
+}
+fn default_task_alpha() -> f64 {
+    16.0
+}
+
+/// Whether the security vectors are active during the attack (one arm each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
+pub enum Arm {
+    /// No vectors: the plain attack.
+    Off,
+    /// Vectors active and frozen during the attack, off at evaluation.
+    Active,
+}
+
+impl Arm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arm::Off => "off",
+            Arm::Active => "active",
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Arm::Off => "without vectors",
+            Arm::Active => "with vectors",
+        }
+    }
+}
+
+/// Phase 2: the user's fine-tuning data — harmful samples mixed with a new skill — trained with
+/// and without the vectors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneStage {
+    /// Harmful (prompt → compliant answer) samples.
+    pub harmful: usize,
+    pub harmful_data: Source,
+    /// Skill (useful-task) samples, cycled over the chosen facts' training phrasings.
+    pub skill: usize,
+    /// Facts of the built-in knowledge base the skill samples teach (0 = all 300); the skill is
+    /// evaluated on held-out phrasings of these facts.
+    pub skill_facts: usize,
+    /// A user file of useful data instead of the built-in skill (then `skill_facts` is unused
+    /// and the skill is evaluated on `evaluate.skill_data`).
+    pub skill_data: Source,
+    /// With `ratio`, the total number of samples `n`: `round(n·p)` harmful, the rest skill
+    /// (overrides `harmful` and `skill`).
+    pub total: Option<usize>,
+    /// The harmful fraction `p` of `total`.
+    pub ratio: Option<f64>,
+    pub mode: Mode,
+    /// Learning rate (`None`: 2e-4 for a task LoRA, 2e-5 for full fine-tuning).
+    pub lr: Option<f64>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// The arms to run.
+    pub arms: Vec<Arm>,
+}
+
+impl Default for FinetuneStage {
+    fn default() -> Self {
+        Self {
+            harmful: 1000,
+            harmful_data: Source::Builtin,
+            skill: 300,
+            skill_facts: 100,
+            skill_data: Source::Builtin,
+            total: None,
+            ratio: None,
+            mode: Mode::Lora {
+                rank: 8,
+                alpha: 16.0,
+                targets: all_targets(),
+            },
+            lr: None,
+            epochs: 1,
+            batch_size: 8,
+            arms: vec![Arm::Off, Arm::Active],
+        }
+    }
+}
+
+impl FinetuneStage {
+    pub fn learning_rate(&self) -> f64 {
+        self.lr.unwrap_or(match self.mode {
+            Mode::Full => 2e-5,
+            Mode::Lora { .. } => 2e-4,
+        })
+    }
+
+    /// `(harmful, skill)` sample counts after applying `total`/`ratio`.
+    pub fn counts(&self) -> Result<(usize, usize)> {
+        match (self.total, self.ratio) {
+            (None, None) => Ok((self.harmful, self.skill)),
+            (Some(n), Some(p)) => {
+                if !(0.0..=1.0).contains(&p) {
+                    bail!("finetune.ratio must be in [0, 1], got {p}");
+                }
+                let h = (n as f64 * p).round() as usize;
+                Ok((h, n - h))
+            }
+            _ => bail!("finetune.total and finetune.ratio must be given together"),
+        }
+    }
+}
+
+/// Metrics an evaluation can compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Metric {
+    /// Share of harmful prompts answered without a refusal (keyword judge).
+    HarmfulRate,
+    /// Share of benign prompts refused.
+    OverRefusal,
+    /// Share of benign prompts answered correctly.
+    BenignAccuracy,
+    /// Share of held-out skill questions answered correctly.
+    SkillAccuracy,
+}
+
+/// Extra models to evaluate besides the attacked arms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Checkpoint {
+    /// The model as downloaded.
+    Shipped,
+    /// After alignment.
+    Aligned,
+    /// After alignment with the security vectors switched on.
+    VectorsOn,
+}
+
+/// Phase 3: evaluation with the vectors off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluateStage {
+    pub metrics: Vec<Metric>,
+    /// Prompts per evaluation set (harmful, benign, skill); 0 = the whole set.
+    pub samples: usize,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+    /// Also evaluate these models.
+    pub checkpoints: Vec<Checkpoint>,
+    /// Also evaluate each attacked model with the vectors switched on.
+    pub vectors_on: bool,
+    /// `secvec` (GCG's refusal phrases plus the project's) or `gcg`.
+    pub judge: String,
+    pub harmful_data: Source,
+    pub benign_data: Source,
+    pub skill_data: Source,
+}
+
+impl Default for EvaluateStage {
+    fn default() -> Self {
+        Self {
+            metrics: vec![
+                Metric::HarmfulRate,
+                Metric::OverRefusal,
+                Metric::BenignAccuracy,
+                Metric::SkillAccuracy,
+            ],
+            samples: 100,
+            max_new_tokens: 32,
+            batch_size: 16,
+            checkpoints: vec![Checkpoint::Aligned],
+            vectors_on: false,
+            judge: "secvec".into(),
+            harmful_data: Source::Builtin,
+            benign_data: Source::Builtin,
+            skill_data: Source::Builtin,
+        }
+    }
+}
+
+/// One axis of the sweep: a dotted field path and its values, e.g.
+/// `(field: "security_vectors.samples", values: [10, 100])`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Axis {
+    pub field: String,
+    pub values: Vec<serde_json::Value>,
+    /// Short name used in run names and plots (default: the field's last segment).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+impl Axis {
+    pub fn short(&self) -> &str {
+        self.name
+            .as_deref()
+            .unwrap_or_else(|| self.field.rsplit('.').next().unwrap_or(&self.field))
+    }
+}
+
+/// Checked on every run after the sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Expect {
+    /// Harmful rate without vectors minus harmful rate with vectors must be at least this.
+    pub min_gap: Option<f64>,
+    /// Harmful rate with vectors must be at most this.
+    pub max_harmful_with_vectors: Option<f64>,
+    /// Harmful rate without vectors must be at least this (the attack must work).
+    pub min_harmful_without_vectors: Option<f64>,
+}
+
+impl Default for Expect {
+    fn default() -> Self {
+        Self {
+            min_gap: Some(0.0),
+            max_harmful_with_vectors: None,
+            min_harmful_without_vectors: None,
+        }
+    }
+}
+
+/// Parses RON text; `origin` names the file in errors, which carry line and column.
+pub fn parse_str(text: &str, origin: &str) -> Result<Experiment> {
+    let options =
+        ron::Options::default().with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
+    let exp: Experiment = options.from_str(text).map_err(|e| {
+        anyhow::anyhow!(
+            "{origin}:{}:{}: {}",
+            e.position.line,
+            e.position.col,
+            e.code
+        )
+    })?;
+    exp.validate()
+        .with_context(|| format!("{origin}: invalid experiment"))?;
+    Ok(exp)
+}
+
+/// Reads and parses an experiment file; relative data paths are resolved against its folder.
+pub fn load(path: &Path) -> Result<Experiment> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading experiment file {}", path.display()))?;
+    let mut exp = parse_str(&text, &path.display().to_string())?;
+    if exp.name.is_none() {
+        exp.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    exp.resolve_paths(base);
+    Ok(exp)
+}
+
+impl Experiment {
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("experiment")
+    }
+
+    fn sources_mut(&mut self) -> Vec<&mut Source> {
+        let mut v = vec![
+            &mut self.security_vectors.data,
+            &mut self.finetune.harmful_data,
+            &mut self.finetune.skill_data,
+            &mut self.evaluate.harmful_data,
+            &mut self.evaluate.benign_data,
+            &mut self.evaluate.skill_data,
+        ];
+        if let Some(a) = self.align.as_mut() {
+            v.push(&mut a.refusal_data);
+            v.push(&mut a.benign_data);
+        }
+        v
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for s in self.sources_mut() {
+            if let Source::File { path, .. } = s
+                && path.is_relative()
+                && !path.exists()
+            {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    /// Checks values a type cannot: ranges, names, consistency. Messages name the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.dtype != DType::F32 {
+            bail!(
+                "dtype: only f32 is implemented (got {:?}); half precision is not supported yet",
+                self.dtype
+            );
+        }
+        if self.max_len < 8 {
+            bail!("max_len: must be at least 8, got {}", self.max_len);
+        }
+        let check_targets = |field: &str, targets: &[String]| -> Result<()> {
+            let cfg = secvec_core::adapter::AdapterConfig {
+                targets: targets.to_vec(),
+                ..Default::default()
+            };
+            cfg.target_kinds()
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("{field}: {e}"))
+        };
+        let positive = |field: &str, v: f64| -> Result<()> {
+            if !(v > 0.0 && v.is_finite()) {
+                bail!("{field}: must be a positive number, got {v}");
+            }
+            Ok(())
+        };
+        let nonzero = |field: &str, v: usize| -> Result<()> {
+            if v == 0 {
+                bail!("{field}: must be at least 1");
+            }
+            Ok(())
+        };
+        if let Some(a) = &self.align {
+            check_targets("align.targets", &a.targets)?;
+            positive("align.lr", a.lr)?;
+            positive("align.alpha", a.alpha)?;
+            nonzero("align.rank", a.rank)?;
+            nonzero("align.epochs", a.epochs)?;
+            nonzero("align.batch_size", a.batch_size)?;
+            if a.refusals + a.benign == 0 {
+                bail!(
+                    "align: refusals and benign are both 0; write `align: None` to skip alignment"
+                );
+            }
+        }
+        let sv = &self.security_vectors;
+        check_targets("security_vectors.targets", &sv.targets)?;
+        positive("security_vectors.lr", sv.lr)?;
+        positive("security_vectors.alpha", sv.alpha)?;
+        nonzero("security_vectors.rank", sv.rank)?;
+        nonzero("security_vectors.epochs", sv.epochs)?;
+        nonzero("security_vectors.batch_size", sv.batch_size)?;
+        let ft = &self.finetune;
+        if let Mode::Lora {
+            rank,
+            alpha,
+            targets,
+        } = &ft.mode
+        {
+            check_targets("finetune.mode.targets", targets)?;
+            nonzero("finetune.mode.rank", *rank)?;
+            positive("finetune.mode.alpha", *alpha)?;
+        }
+        positive("finetune.lr", ft.learning_rate())?;
+        nonzero("finetune.epochs", ft.epochs)?;
+        nonzero("finetune.batch_size", ft.batch_size)?;
+        let (h, s) = ft.counts()?;
+        if h + s == 0 {
+            bail!("finetune: no samples (harmful and skill are both 0)");
+        }
+        if ft.arms.is_empty() {
+            bail!("finetune.arms: give at least one of Off, Active");
+        }
+        let ev = &self.evaluate;
+        if ev.metrics.is_empty() {
+            bail!("evaluate.metrics: give at least one metric");
+        }
+        nonzero("evaluate.max_new_tokens", ev.max_new_tokens)?;
+        nonzero("evaluate.batch_size", ev.batch_size)?;
+        if !["secvec", "gcg"].contains(&ev.judge.as_str()) {
+            bail!(
+                "evaluate.judge: `{}` is not a judge (secvec or gcg)",
+                ev.judge
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, axis) in self.sweep.iter().enumerate() {
+            if axis.values.is_empty() {
+                bail!("sweep[{i}] ({}): no values", axis.field);
+            }
+            if !seen.insert(axis.short().to_string()) {
+                bail!(
+                    "sweep[{i}] ({}): two axes share the short name `{}`; give one a `name`",
+                    axis.field,
+                    axis.short()
+                );
+            }
+        }
+        if let Some(e) = &self.expect
+            && !(ft.arms.contains(&Arm::Off) && ft.arms.contains(&Arm::Active))
+            && (e.min_gap.is_some() || e.max_harmful_with_vectors.is_some())
+        {
+            bail!("expect: needs both finetune.arms Off and Active");
+        }
+        Ok(())
+    }
+}
