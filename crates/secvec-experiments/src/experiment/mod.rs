@@ -138,6 +138,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         runs: selected,
         exp_dir: exp_dir.clone(),
         cache_dir: args.cache_dir.clone(),
+        git_revision: runner::git_revision(),
     };
     dispatch(exp.backend, job)?;
 

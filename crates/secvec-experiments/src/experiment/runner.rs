@@ -509,6 +509,8 @@ pub struct SweepJob {
     pub runs: Vec<RunSpec>,
     pub exp_dir: PathBuf,
     pub cache_dir: Option<PathBuf>,
+    /// The revision of the code, taken when the sweep starts.
+    pub git_revision: String,
 }
 
 fn train_cfg(exp: &Experiment, lr: f64, epochs: usize, batch_size: usize) -> TrainConfig {
@@ -563,6 +565,7 @@ fn cached_adapter<B: AutodiffBackend>(
     save_peft_adapter(&model, name, adapter, base_model, &tmp)?;
     write_json(&tmp.join("key.json"), key)?;
     write_json(&tmp.join("training.json"), &summary)?;
+    write_json(&tmp.join("steps.json"), &report.steps)?;
     if dir.exists() {
         std::fs::remove_dir_all(&tmp).ok();
     } else {
@@ -885,6 +888,7 @@ impl SweepJob {
                 let (tuned, report) =
                     finetune(model.clone(), &attack_examples, pad, &cfg, &mut NoCallback)?;
                 let summary = TrainSummary::new(&name, data.attack.len(), &report);
+                write_json(&dir.join(format!("train-{name}.json")), &report.steps)?;
                 let mut inner = tuned.valid();
                 if need_arm {
                     records.push(eval_stage(&name, Some(arm), &inner, Some(summary.clone()))?);
@@ -935,7 +939,7 @@ impl SweepJob {
             config: exp.clone(),
             model: source.display_name(),
             backend: backend.to_string(),
-            git_revision: git_revision(),
+            git_revision: self.git_revision.clone(),
             finished_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
