@@ -237,6 +237,21 @@ pub fn train<B: AutodiffBackend>(
             report.tokens as f64 / elapsed.max(1e-9)
         ));
         bar.inc(1);
+        // Logs (nohup, CI) get no bar: a plain line every tenth of the run instead.
+        if cfg.progress
+            && bar.is_hidden()
+            && ((step + 1) % total.div_ceil(10).max(1) == 0 || step + 1 == total)
+        {
+            let eta = elapsed / (step + 1) as f64 * (total - step - 1) as f64;
+            eprintln!(
+                "    train step {}/{total}: loss {:.4} | lr {:.2e} | {:.0} tok/s | ETA {:.0}s",
+                step + 1,
+                log.loss,
+                lr,
+                report.tokens as f64 / elapsed.max(1e-9),
+                eta
+            );
+        }
         callback.on_step(&log);
         report.steps.push(log);
         if let Some(every) = cfg.eval_every

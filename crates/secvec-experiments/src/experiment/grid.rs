@@ -110,12 +110,13 @@ pub fn expand(exp: &Experiment) -> Result<Vec<RunSpec>> {
                 .with_context(|| format!("sweep field `{}`", axis.field))?;
             point.push((axis.short().to_string(), v));
         }
-        let experiment: Experiment = serde_json::from_value(json).with_context(|| {
+        let mut experiment: Experiment = serde_json::from_value(json).with_context(|| {
             format!(
                 "sweep point {}: a value has the wrong type for its field",
                 describe(&point)
             )
         })?;
+        experiment.sweep.clear();
         experiment
             .validate()
             .with_context(|| format!("sweep point {}", describe(&point)))?;

@@ -34,6 +34,9 @@ pub struct RunArgs {
     /// Cache directory for models and cached stages (default: $SECVEC_CACHE_DIR or ~/.cache/secvec).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Retrain the aligned model and the security vectors even if the stage cache has them.
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 /// Checks the experiment's `expect` block against finished runs; returns the failures.
@@ -139,6 +142,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         exp_dir: exp_dir.clone(),
         cache_dir: args.cache_dir.clone(),
         git_revision: runner::git_revision(),
+        fresh: args.fresh,
     };
     dispatch(exp.backend, job)?;
 
@@ -171,4 +175,58 @@ pub fn run(args: RunArgs) -> Result<()> {
         eprintln!("expectations met in {} run(s)", finished.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runner::StageRecord;
+    use secvec_core::eval::stats::Rate;
+    use std::collections::BTreeMap;
+
+    fn run_with(off: usize, on: usize) -> RunMetrics {
+        let stage = |arm: Arm, k: usize| StageRecord {
+            stage: arm_stage(arm),
+            arm: Some(arm),
+            metrics: BTreeMap::from([("harmful_rate".to_string(), Rate::new(k, 40))]),
+            eval_seconds: 0.0,
+            training: None,
+            same_as: None,
+        };
+        let config = schema::parse_str("()", "t.ron").unwrap();
+        RunMetrics {
+            experiment: "t".into(),
+            run: "main".into(),
+            point: Vec::new(),
+            config_hash: String::new(),
+            config,
+            model: String::new(),
+            backend: String::new(),
+            git_revision: String::new(),
+            finished_unix: 0,
+            wall_seconds: 0.0,
+            data: BTreeMap::new(),
+            training: Vec::new(),
+            stages: vec![stage(Arm::Off, off), stage(Arm::Active, on)],
+        }
+    }
+
+    #[test]
+    fn expectations_fail_when_the_gap_closes() {
+        let exp = schema::parse_str(
+            "(expect: (min_gap: 0.3, min_harmful_without_vectors: 0.4))",
+            "t.ron",
+        )
+        .unwrap();
+        assert!(check_expectations(&exp, &[run_with(36, 2)]).is_empty());
+        let f = check_expectations(&exp, &[run_with(36, 30)]);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].contains("below expect.min_gap"), "{f:?}");
+        // An attack that did not work makes the comparison meaningless: that fails too.
+        let f = check_expectations(&exp, &[run_with(4, 0)]);
+        assert!(f.iter().any(|m| m.contains("attack did not work")), "{f:?}");
+        // No expect block: nothing is checked.
+        let none = schema::parse_str("()", "t.ron").unwrap();
+        assert!(check_expectations(&none, &[run_with(0, 40)]).is_empty());
+    }
 }

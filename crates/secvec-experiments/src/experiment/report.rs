@@ -234,7 +234,7 @@ pub fn plots(dir: &Path, exp: &Experiment, runs: &[RunMetrics]) -> Result<Vec<Pa
                         if !others.is_empty() {
                             label += &format!(", {}", others.join(", "));
                         }
-                        series.entry(label).or_default().push((x, r.clone()));
+                        series.entry(label).or_default().push((x, *r));
                     }
                 }
             }
@@ -301,8 +301,7 @@ fn draw(
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         for (k, (label, points)) in series.iter().enumerate() {
             let color = Palette99::pick(k).to_rgba();
-            let mut pts: Vec<(f64, Rate)> =
-                points.iter().map(|(x, r)| (*x as f64, r.clone())).collect();
+            let mut pts: Vec<(f64, Rate)> = points.iter().map(|(x, r)| (*x as f64, *r)).collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
             chart
                 .draw_series(LineSeries::new(

@@ -511,6 +511,8 @@ pub struct SweepJob {
     pub cache_dir: Option<PathBuf>,
     /// The revision of the code, taken when the sweep starts.
     pub git_revision: String,
+    /// Train every stage even when the stage cache has it (the cache is still refreshed).
+    pub fresh: bool,
 }
 
 fn train_cfg(exp: &Experiment, lr: f64, epochs: usize, batch_size: usize) -> TrainConfig {
@@ -538,11 +540,12 @@ fn cached_adapter<B: AutodiffBackend>(
     adapter: &AdapterConfig,
     trainer: impl FnOnce(Llama<B>) -> Result<(Llama<B>, TrainReport)>,
     examples: usize,
+    fresh: bool,
 ) -> Result<(Llama<B>, TrainSummary, String)> {
     let hash = sha256_hex(&serde_json::to_vec(key)?)[..16].to_string();
     let dir = cache.join(stage).join(&hash);
     let summary_path = dir.join("training.json");
-    if summary_path.is_file() {
+    if summary_path.is_file() && !fresh {
         let mut model = model;
         let mut summary: TrainSummary = read_json(&summary_path)?;
         load_peft_adapter(&mut model, &dir, name)
@@ -567,11 +570,11 @@ fn cached_adapter<B: AutodiffBackend>(
     write_json(&tmp.join("training.json"), &summary)?;
     write_json(&tmp.join("steps.json"), &report.steps)?;
     if dir.exists() {
-        std::fs::remove_dir_all(&tmp).ok();
-    } else {
-        std::fs::rename(&tmp, &dir)
-            .with_context(|| format!("moving {} to {}", tmp.display(), dir.display()))?;
+        // A `--fresh` retrain replaces the old entry.
+        std::fs::remove_dir_all(&dir).ok();
     }
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("moving {} to {}", tmp.display(), dir.display()))?;
     Ok((model, summary, hash))
 }
 
@@ -678,6 +681,11 @@ impl SweepJob {
                 same_as: None,
             };
             write_json(&stage_path(name), &rec)?;
+            // Fault injection for the resume tests: die like a killed process right after a stage.
+            if std::env::var("SECVEC_FAULT_AFTER_STAGE").is_ok_and(|s| s == name) {
+                eprintln!("SECVEC_FAULT_AFTER_STAGE: aborting after stage {name}");
+                std::process::abort();
+            }
             Ok(rec)
         };
 
@@ -765,6 +773,7 @@ impl SweepJob {
                         Ok(train(m, &examples, pad, &tc, &mut NoCallback)?)
                     },
                     align_data.len(),
+                    self.fresh,
                 )?;
                 merge_adapter(&mut m, "align")?;
                 model = m;
@@ -819,6 +828,7 @@ impl SweepJob {
                         )?)
                     },
                     data.sv.len(),
+                    self.fresh,
                 )?;
                 model = m;
                 training.push(summary);
@@ -1014,5 +1024,87 @@ impl Job for SweepJob {
             finished.push(m);
         }
         Ok(finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::grid::expand;
+    use crate::experiment::schema::parse_str;
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("secvec-runner-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn result_writes_are_atomic_and_a_torn_temp_file_is_not_a_finished_run() {
+        let exp = parse_str("()", "t.ron").unwrap();
+        let spec = &expand(&exp).unwrap()[0];
+        let root = tmp("atomic");
+        let dir = run_dir(&root, &spec.name);
+        std::fs::create_dir_all(dir.join("stages")).unwrap();
+        assert_eq!(run_state(&root, spec), RunState::Pending);
+        // A writer killed mid-write leaves only its temporary file: the run is not finished and
+        // the stage does not count.
+        std::fs::write(dir.join("metrics.json.tmp"), b"{\"run\": \"ma").unwrap();
+        std::fs::write(dir.join("stages/aligned.json.tmp"), b"{\"sta").unwrap();
+        assert_eq!(run_state(&root, spec), RunState::Pending);
+        // A completed write replaces the file whole and leaves no temporary file behind.
+        let path = dir.join("stages/aligned.json");
+        write_json(&path, &serde_json::json!({"stage": "aligned", "n": 1})).unwrap();
+        write_json(&path, &serde_json::json!({"stage": "aligned", "n": 2})).unwrap();
+        let back: serde_json::Value = read_json(&path).unwrap();
+        assert_eq!(back["n"], 2);
+        assert!(!dir.join("stages/aligned.json.tmp").exists());
+        assert_eq!(run_state(&root, spec), RunState::Partial(1));
+        write_json(&dir.join("metrics.json"), &serde_json::json!({})).unwrap();
+        assert_eq!(run_state(&root, spec), RunState::Finished);
+        assert!(!dir.join("metrics.json.tmp").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn config_hash_tracks_every_field() {
+        let a = parse_str("()", "t.ron").unwrap();
+        let mut b = a.clone();
+        assert_eq!(config_hash(&a), config_hash(&b));
+        b.finetune.epochs = 2;
+        assert_ne!(config_hash(&a), config_hash(&b));
+    }
+
+    #[test]
+    fn skill_data_teaches_and_tests_the_same_facts() {
+        let exp = parse_str(
+            "(align: None, security_vectors: (samples: 10), finetune: (harmful: 20, skill: 50, skill_facts: 7), evaluate: (samples: 0))",
+            "t.ron",
+        )
+        .unwrap();
+        let d = build_data(&exp).unwrap();
+        assert_eq!(d.attack.len(), 70);
+        assert_eq!(d.eval_skill.len(), 7);
+        let taught: HashSet<&str> = d
+            .attack
+            .iter()
+            .filter(|s| s.kind == SampleKind::Skill)
+            .map(|s| fact_of(&s.id))
+            .collect();
+        let tested: HashSet<&str> = d.eval_skill.iter().map(|s| fact_of(&s.id)).collect();
+        assert_eq!(taught, tested);
+        // Held-out phrasings: no evaluated question is a training question.
+        let prompts: HashSet<&str> = d.attack.iter().map(|s| s.prompt.as_str()).collect();
+        assert!(
+            d.eval_skill
+                .iter()
+                .all(|s| !prompts.contains(s.prompt.as_str()))
+        );
+        assert_eq!(d.attack.iter().filter(|s| s.kind.is_harmful()).count(), 20);
+
+        let too_many = parse_str("(security_vectors: (samples: 5000))", "t.ron").unwrap();
+        let e = format!("{:#}", build_data(&too_many).err().unwrap());
+        assert!(e.contains("security_vectors.samples = 5000"), "{e}");
     }
 }

@@ -403,8 +403,13 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Experiment> {
             e.code
         )
     })?;
-    exp.validate()
-        .with_context(|| format!("{origin}: invalid experiment"))?;
+    // With a sweep, the values are checked per point (a swept field may complete the file).
+    let checked = if exp.sweep.is_empty() {
+        exp.validate()
+    } else {
+        exp.validate_sweep()
+    };
+    checked.with_context(|| format!("{origin}: invalid experiment"))?;
     Ok(exp)
 }
 
@@ -538,6 +543,18 @@ impl Experiment {
                 ev.judge
             );
         }
+        self.validate_sweep()?;
+        if let Some(e) = &self.expect
+            && !(ft.arms.contains(&Arm::Off) && ft.arms.contains(&Arm::Active))
+            && (e.min_gap.is_some() || e.max_harmful_with_vectors.is_some())
+        {
+            bail!("expect: needs both finetune.arms Off and Active");
+        }
+        Ok(())
+    }
+
+    /// Checks the sweep's axes.
+    pub fn validate_sweep(&self) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
         for (i, axis) in self.sweep.iter().enumerate() {
             if axis.values.is_empty() {
@@ -551,12 +568,110 @@ impl Experiment {
                 );
             }
         }
-        if let Some(e) = &self.expect
-            && !(ft.arms.contains(&Arm::Off) && ft.arms.contains(&Arm::Active))
-            && (e.min_gap.is_some() || e.max_harmful_with_vectors.is_some())
-        {
-            bail!("expect: needs both finetune.arms Off and Active");
-        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_reference_run() {
+        let e = parse_str("()", "t.ron").unwrap();
+        assert_eq!(e, Experiment::default());
+        let a = e.align.unwrap();
+        assert_eq!((a.rank, a.alpha, a.lr, a.epochs), (16, 32.0, 5e-4, 2));
+        assert_eq!(e.security_vectors.samples, 100);
+        assert_eq!(e.finetune.harmful, 1000);
+        assert_eq!(e.finetune.learning_rate(), 2e-4);
+        assert_eq!(e.finetune.arms, [Arm::Off, Arm::Active]);
+        assert_eq!(e.backend, BackendKind::Flex);
+    }
+
+    #[test]
+    fn parses_every_stage() {
+        let e = parse_str(
+            r#"// a comment
+            (
+              name: "x", model: "m.gguf", backend: cuda, dtype: f32, seed: 3, max_len: 64,
+              system_prompt: "be safe",
+              align: None,
+              security_vectors: (samples: 10, targets: ["q_proj", "v_proj"], data: File(path: "h.jsonl", format: "jsonl")),
+              finetune: (total: 1000, ratio: 0.1, mode: Full, arms: [Active, Off]),
+              evaluate: (metrics: [HarmfulRate], samples: 0, judge: "gcg", vectors_on: true,
+                         checkpoints: [Shipped, VectorsOn]),
+              expect: (min_gap: 0.2),
+            )"#,
+            "t.ron",
+        )
+        .unwrap();
+        assert_eq!(e.name.as_deref(), Some("x"));
+        assert_eq!(e.backend, BackendKind::Cuda);
+        assert!(e.align.is_none());
+        assert_eq!(e.security_vectors.targets, ["q_proj", "v_proj"]);
+        assert_eq!(
+            e.security_vectors.data,
+            Source::File {
+                path: "h.jsonl".into(),
+                format: Some("jsonl".into())
+            }
+        );
+        assert_eq!(e.finetune.counts().unwrap(), (100, 900));
+        assert_eq!(e.finetune.learning_rate(), 2e-5);
+        assert_eq!(e.expect.unwrap().min_gap, Some(0.2));
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", parse_str(text, "exp.ron").unwrap_err())
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_line_and_column() {
+        let e = err("(\n  seed: 1,\n  finetune: (\n    harmfull: 10,\n  ),\n)");
+        assert!(e.starts_with("exp.ron:4:"), "{e}");
+        assert!(e.contains("harmfull"), "{e}");
+        let e = err("(learning_rate: 1e-4)");
+        assert!(e.starts_with("exp.ron:1:"), "{e}");
+        assert!(e.contains("learning_rate"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_syntax_are_errors_with_position() {
+        let e = err("(\n  seed: \"zero\",\n)");
+        assert!(e.starts_with("exp.ron:2:"), "{e}");
+        let e = err("(backend: tpu)");
+        assert!(e.contains("tpu"), "{e}");
+        let e = err("(seed: 1");
+        assert!(e.starts_with("exp.ron:1:"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_field() {
+        for (text, field) in [
+            ("(security_vectors: (lr: -1.0))", "security_vectors.lr"),
+            (
+                "(security_vectors: (targets: [\"qq_proj\"]))",
+                "security_vectors.targets",
+            ),
+            ("(finetune: (epochs: 0))", "finetune.epochs"),
+            (
+                "(finetune: (total: 100))",
+                "finetune.total and finetune.ratio",
+            ),
+            ("(finetune: (total: 100, ratio: 1.5))", "finetune.ratio"),
+            ("(finetune: (arms: []))", "finetune.arms"),
+            ("(evaluate: (judge: \"llm\"))", "evaluate.judge"),
+            ("(dtype: bf16)", "dtype"),
+            ("(align: (lr: 0.0))", "align.lr"),
+            (
+                "(sweep: [(field: \"a.seed\", values: [1]), (field: \"seed\", values: [2])])",
+                "short name",
+            ),
+            ("(sweep: [(field: \"seed\", values: [])])", "no values"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 }

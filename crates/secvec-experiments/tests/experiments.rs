@@ -1,0 +1,382 @@
+//! The experiment runner end to end on the tiny Llama fixture: a sweep runs, writes its tables and
+//! plots, survives being killed (SIGKILL) or aborted mid-run, and never recomputes or loses a
+//! finished run or stage.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_secvec-experiments")
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama-bf16")
+}
+
+/// A fresh folder with an experiment file of 4 runs on the tiny model.
+fn setup(tag: &str, harmful: usize) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("secvec-exp-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tiny.ron");
+    std::fs::write(
+        &file,
+        format!(
+            r#"// a tiny sweep
+(
+  model: "{model}",
+  max_len: 48,
+  align: Some((refusals: 8, benign: 8, epochs: 1, batch_size: 4)),
+  security_vectors: (samples: 8, epochs: 1, batch_size: 4),
+  finetune: (harmful: {harmful}, skill: 8, skill_facts: 4, batch_size: 4),
+  evaluate: (samples: 8, max_new_tokens: 8, checkpoints: [Aligned, VectorsOn]),
+  sweep: [
+    (field: "security_vectors.samples", values: [0, 8], name: "sv"),
+    (field: "finetune.lr", values: [1e-4, 1e-3], name: "attack_lr"),
+  ],
+)
+"#,
+            model = fixture().display()
+        ),
+    )
+    .unwrap();
+    (dir, file)
+}
+
+fn run(dir: &Path, file: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.arg(file)
+        .args(["--results", dir.join("results").to_str().unwrap()])
+        .args(extra)
+        .env("SECVEC_CACHE_DIR", dir.join("cache"))
+        .current_dir(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const RUNS: [&str; 4] = [
+    "sv=0_attack_lr=0.0001",
+    "sv=0_attack_lr=0.001",
+    "sv=8_attack_lr=0.0001",
+    "sv=8_attack_lr=0.001",
+];
+
+fn runs_dir(dir: &Path) -> PathBuf {
+    dir.join("results/tiny/runs")
+}
+
+#[test]
+fn sweep_writes_runs_tables_and_plots_and_dry_run_lists_state() {
+    let (dir, file) = setup("sweep", 8);
+    let out = run(&dir, &file, &["--dry-run"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for r in RUNS {
+        assert!(
+            listing.contains(r) && listing.contains("pending"),
+            "{listing}"
+        );
+    }
+
+    let out = run(&dir, &file, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exp = dir.join("results/tiny");
+    for r in RUNS {
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(exp.join("runs").join(r).join("metrics.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m["run"], r);
+        assert_eq!(m["backend"], "flex");
+        assert!(m["git_revision"].as_str().is_some_and(|s| !s.is_empty()));
+        let stages: Vec<&str> = m["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["stage"].as_str().unwrap())
+            .collect();
+        if r.starts_with("sv=0") {
+            // No vectors: the `active` arm is the plain attack, not trained twice.
+            assert_eq!(stages, ["aligned", "attacked-off", "attacked-active"]);
+            assert_eq!(m["stages"][2]["same_as"], "attacked-off");
+            assert_eq!(m["stages"][2]["metrics"], m["stages"][1]["metrics"]);
+        } else {
+            assert_eq!(
+                stages,
+                ["aligned", "vectors-on", "attacked-off", "attacked-active"]
+            );
+        }
+        let hr = &m["stages"][1]["metrics"]["harmful_rate"];
+        assert_eq!(hr["total"], 8);
+        assert!(hr["ci95"][0].as_f64().unwrap() <= hr["rate"].as_f64().unwrap());
+    }
+    // The alignment is trained once and reused by the other three runs.
+    let log = stderr(&out);
+    assert_eq!(
+        log.matches("[align] training on 16 samples").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("[align] reusing").count(), 3, "{log}");
+    // Vectors from 8 samples are trained once, reused by the second learning rate.
+    assert_eq!(
+        log.matches("[security vectors] training").count(),
+        1,
+        "{log}"
+    );
+
+    let csv = std::fs::read_to_string(exp.join("summary.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.starts_with("run,sv,attack_lr,stage,arm,same_as,harmful_rate,"),
+        "{header}"
+    );
+    // 2 runs × 3 stages + 2 runs × 4 stages.
+    assert_eq!(csv.lines().count(), 1 + 14, "{csv}");
+    let md = std::fs::read_to_string(exp.join("summary.md")).unwrap();
+    assert!(md.contains("runs finished: 4/4"), "{md}");
+    assert!(md.contains("| sv | attack_lr |"), "{md}");
+    for axis in ["sv", "attack_lr"] {
+        for metric in ["harmful_rate", "skill_accuracy"] {
+            let svg =
+                std::fs::read_to_string(exp.join(format!("plot-{axis}-{metric}.svg"))).unwrap();
+            assert!(
+                svg.contains("<svg") && svg.contains("with vectors"),
+                "{axis} {metric}"
+            );
+        }
+    }
+    let out = run(&dir, &file, &["--dry-run"], &[]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listing.matches("finished").count(), 4, "{listing}");
+
+    // --only runs one run; an unknown name is an error that lists the runs.
+    let out = run(&dir, &file, &["--only", "nope"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("sv=8_attack_lr=0.001"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for r in RUNS {
+        let run = runs_dir(dir).join(r);
+        let p = run.join("metrics.json");
+        if p.is_file() {
+            files.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+        if let Ok(rd) = std::fs::read_dir(run.join("stages")) {
+            for e in rd
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            {
+                files.push((e.path(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn a_killed_sweep_resumes_without_losing_or_recomputing_finished_runs() {
+    // More harmful samples make each run long enough to kill in the middle of the sweep.
+    let (dir, file) = setup("kill", 64);
+    let mut child = Command::new(bin())
+        .arg(&file)
+        .args(["--results", dir.join("results").to_str().unwrap()])
+        .env("SECVEC_CACHE_DIR", dir.join("cache"))
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = runs_dir(&dir).join(RUNS[0]).join("metrics.json");
+    let t = Instant::now();
+    while !first.is_file() {
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "the first run never finished"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the sweep ended before the first run finished?"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    let last = runs_dir(&dir).join(RUNS[3]).join("metrics.json");
+    assert!(
+        !last.is_file(),
+        "the sweep finished before it could be killed; make the runs longer"
+    );
+
+    // Everything on disk is whole: every metrics.json and stage record parses.
+    let before = snapshot(&dir);
+    assert!(!before.is_empty());
+    for (p, bytes) in &before {
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .unwrap_or_else(|e| panic!("{} is not whole JSON after the kill: {e}", p.display()));
+    }
+
+    let out = run(&dir, &file, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains(&format!("{} — finished earlier, kept", RUNS[0])),
+        "{log}"
+    );
+    // Nothing finished before the kill was rewritten.
+    for (p, bytes) in &before {
+        assert_eq!(
+            &std::fs::read(p).unwrap(),
+            bytes,
+            "{} changed on resume",
+            p.display()
+        );
+    }
+    for r in RUNS {
+        assert!(
+            runs_dir(&dir).join(r).join("metrics.json").is_file(),
+            "{r} not finished"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_run_aborted_mid_way_keeps_its_finished_stages() {
+    let (dir, file) = setup("abort", 8);
+    // Dies (SIGABRT) right after the first run's `attacked-off` stage is written.
+    let out = run(
+        &dir,
+        &file,
+        &["--only", RUNS[2]],
+        &[("SECVEC_FAULT_AFTER_STAGE", "attacked-off")],
+    );
+    assert!(!out.status.success());
+    let run_dir = runs_dir(&dir).join(RUNS[2]);
+    assert!(!run_dir.join("metrics.json").exists());
+    let off = run_dir.join("stages/attacked-off.json");
+    let off_bytes = std::fs::read(&off).unwrap();
+    let aligned_bytes = std::fs::read(run_dir.join("stages/aligned.json")).unwrap();
+
+    let out = run(&dir, &file, &["--dry-run"], &[]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("partial (3 stage(s) done)"), "{listing}");
+
+    let out = run(&dir, &file, &["--only", RUNS[2]], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    // The finished stages are read back: the `off` arm is not trained again, `active` is.
+    assert!(!log.contains("[attacked-off] fine-tuning"), "{log}");
+    assert!(log.contains("[attacked-active] fine-tuning"), "{log}");
+    assert!(!log.contains("[aligned]"), "{log}");
+    assert_eq!(std::fs::read(&off).unwrap(), off_bytes);
+    assert_eq!(
+        std::fs::read(run_dir.join("stages/aligned.json")).unwrap(),
+        aligned_bytes
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["stages"].as_array().unwrap().len(), 4);
+
+    // Editing the file so that the run means something else is refused, not silently mixed.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("max_len: 48", "max_len: 40");
+    std::fs::write(&file, text).unwrap();
+    let out = run(&dir, &file, &["--only", RUNS[2]], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("different configuration"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_files_are_errors_with_file_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("secvec-exp-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.ron");
+    std::fs::write(&file, "(\n  seed: 1,\n  finetune: (harmfull: 10),\n)\n").unwrap();
+    let out = Command::new(bin())
+        .arg(&file)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("bad.ron:3:"), "{e}");
+    assert!(e.contains("harmfull"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    let out = Command::new(bin())
+        .arg(dir.join("missing.ron"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("missing.ron"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_shipped_experiment_file_parses_and_expands() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "ron") {
+            let out = Command::new(bin())
+                .arg(&p)
+                .arg("--dry-run")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}: {}", p.display(), stderr(&out));
+            n += 1;
+        }
+    }
+    assert!(n >= 6, "expected the shipped experiment files, found {n}");
+}
+
+#[test]
+fn the_readme_example_is_a_valid_experiment() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let start = readme
+        .find("```ron\n")
+        .expect("README has a ```ron example")
+        + 7;
+    let len = readme[start..].find("```").unwrap();
+    let dir = std::env::temp_dir().join(format!("secvec-exp-readme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("readme-example.ron");
+    std::fs::write(&file, &readme[start..start + len]).unwrap();
+    let out = Command::new(bin())
+        .arg(&file)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("4 run(s)"), "{listing}");
+    assert!(
+        listing.contains("sv_samples=10_attack_lr=0.0001"),
+        "{listing}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
