@@ -2,6 +2,8 @@
 
 mod backend;
 mod bench;
+mod bench_suite;
+mod check;
 mod evaluate;
 mod experiment;
 mod pipeline;
@@ -40,6 +42,12 @@ enum Command {
     /// Run a declarative experiment (RON): its sweep, resumably, with tables and plots.
     /// `secvec-experiments x.ron` is short for `secvec-experiments run x.ron`.
     Run(experiment::RunArgs),
+    /// Training and generation speed and peak memory for SmolLM2-135M's and a ~1B Llama's shape
+    /// (random weights), each case in its own process → results/benchmarks/suite-<backend>.{json,md}.
+    BenchSuite(bench_suite::SuiteArgs),
+    /// Correctness on a backend (for GPU machines without `cargo test`): tiny checkpoints vs
+    /// transformers, a SmolLM2-shaped model vs the CPU, a short security-vector training vs the CPU.
+    Check(check::CheckArgs),
 }
 
 /// Options shared by commands that load a model.
@@ -172,5 +180,7 @@ fn main() -> Result<()> {
         Command::Evaluate(args) => dispatch(args.model.backend, args),
         Command::Pipeline(args) => dispatch(args.model.backend, args),
         Command::Run(args) => experiment::run(args),
+        Command::BenchSuite(args) => bench_suite::run(args),
+        Command::Check(args) => check::run(args),
     }
 }

@@ -1,0 +1,552 @@
+//! `bench-suite`: training and generation speed and peak memory for fixed model shapes with
+//! random weights (SmolLM2-135M's and a ~1B Llama's), on any backend, as JSON + Markdown.
+//!
+//! Each case runs in a child process of this binary, so its peak memory (host RSS, and GPU memory
+//! from `nvidia-smi` when present) and its warm-up (kernel compilation, autotune) are its own.
+//! `bench/reference_torch.py` measures the same cases with PyTorch + transformers + PEFT and
+//! writes the same JSON fields, so the two can be compared side by side (`--compare`).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::backend::AutodiffBackend;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+use secvec_core::adapter::{AdapterConfig, add_adapter, set_adapter_trainable, set_base_trainable};
+use secvec_core::train::{NoCallback, TrainConfig, TrainExample, train};
+use secvec_models::weights::random_llama;
+use secvec_models::{GenerationConfig, LlamaConfig, Sampling, generate};
+
+use crate::backend::{BackendKind, Job, dispatch};
+use crate::bench::peak_rss_mib;
+
+/// The benchmarked shapes.
+pub fn shape(name: &str) -> Result<LlamaConfig> {
+    Ok(match name {
+        // HuggingFaceTB/SmolLM2-135M-Instruct config.json.
+        "smollm2-135m" => LlamaConfig::new(49152, 576, 1536, 30, 9, 3, 64)
+            .with_rope_theta(100000.0)
+            .with_tie_word_embeddings(true),
+        // meta-llama/Llama-3.2-1B's shape (config.json): 16 layers, d=2048, GQA 32/8, tied.
+        "llama-1b" => LlamaConfig::new(128256, 2048, 8192, 16, 32, 8, 64)
+            .with_rope_theta(500000.0)
+            .with_tie_word_embeddings(true),
+        other => bail!("unknown shape `{other}` (smollm2-135m or llama-1b)"),
+    })
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SuiteArgs {
+    /// Backend to measure.
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
+    pub backend: BackendKind,
+    /// Shapes (smollm2-135m, llama-1b).
+    #[arg(long, value_delimiter = ',', default_value = "smollm2-135m,llama-1b")]
+    pub shapes: Vec<String>,
+    /// Cases: train-lora (r=8 on q,v), train-full, generate.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "train-lora,train-full,generate"
+    )]
+    pub cases: Vec<String>,
+    /// Generation batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub gen_batches: Vec<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// Training micro-batch (sequences) and sequence length.
+    #[arg(long, default_value_t = 8)]
+    pub train_batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Timed training steps after the warm-up steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup_steps: usize,
+    /// Peak dense FLOP/s of the device in TFLOP/s for the precision used, to report model FLOPs
+    /// utilisation (e.g. 67 for H100 SXM f32, 989 for its bf16 tensor cores).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    /// A JSON file from `bench/reference_torch.py` with the same cases, for the ratio column.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// Per-case wall-clock limit in seconds (a case over it is reported as timed out).
+    #[arg(long, default_value_t = 900)]
+    pub case_timeout: u64,
+    #[arg(long, default_value = "results/benchmarks")]
+    pub out: PathBuf,
+    /// Measure nothing: re-render a suite JSON written earlier (with `--compare`, as
+    /// `suite-<backend>-vs-<reference>.md`).
+    #[arg(long)]
+    pub render: Option<PathBuf>,
+    /// Internal: run one case (`shape:case[:batch]`) and print its JSON.
+    #[arg(long, hide = true)]
+    pub child: Option<String>,
+}
+
+/// One measured case; `bench/reference_torch.py` writes the same fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub shape: String,
+    /// `train-lora`, `train-full` or `generate`.
+    pub case: String,
+    /// Sequences per step (training) or prompts (generation).
+    pub batch: usize,
+    pub tokens_per_s: f64,
+    /// Seconds until the first step/call finished (compilation, autotune, allocation).
+    pub warmup_seconds: f64,
+    /// Median seconds per timed step (training) or per generate call.
+    pub seconds: f64,
+    pub params: usize,
+    pub trainable_params: usize,
+    pub model_tflops: Option<f64>,
+    pub peak_host_mib: Option<f64>,
+    pub peak_gpu_mib: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct SuiteReport {
+    pub tool: String,
+    pub backend: String,
+    pub dtype: String,
+    pub device: String,
+    pub command: String,
+    pub results: Vec<CaseResult>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Model FLOPs per trained token: 6·N for full fine-tuning (forward, input and weight
+/// gradients), 4·N with a frozen base (no weight gradients), plus attention 12·L·d·T (6·...·T for
+/// the forward+backward of QKᵀ and AV at context T, halved for causal masking is ignored here).
+fn train_flops_per_token(cfg: &LlamaConfig, params: usize, full: bool, seq: usize) -> f64 {
+    let n = params as f64;
+    let attn = 12.0 * cfg.num_layers as f64 * cfg.hidden_size as f64 * seq as f64;
+    if full {
+        6.0 * n + attn
+    } else {
+        4.0 * n + attn * 2.0 / 3.0
+    }
+}
+
+struct Child {
+    spec: String,
+    args: SuiteArgs,
+}
+
+impl Job for Child {
+    type Output = CaseResult;
+
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        _backend: BackendKind,
+    ) -> Result<CaseResult> {
+        let parts: Vec<&str> = self.spec.split(':').collect();
+        let (shape_name, case) = (parts[0], parts[1]);
+        let cfg = shape(shape_name)?;
+        let a = &self.args;
+        let mut rng = StdRng::seed_from_u64(0);
+        let vocab = cfg.vocab_size as u32;
+        if case == "generate" {
+            let batch: usize = parts.get(2).and_then(|b| b.parse().ok()).unwrap_or(1);
+            let model = random_llama::<B::InnerBackend>(&cfg, 0, &device);
+            let params = model.num_params();
+            let prompts: Vec<Vec<u32>> = (0..batch)
+                .map(|_| {
+                    (0..a.prompt_tokens)
+                        .map(|_| rng.random_range(3..vocab))
+                        .collect()
+                })
+                .collect();
+            let gc = GenerationConfig {
+                max_new_tokens: a.new_tokens,
+                sampling: Sampling::Greedy,
+                stop_tokens: vec![],
+            };
+            let t = Instant::now();
+            generate(&model, &prompts, 0, &gc)?;
+            let warmup = t.elapsed().as_secs_f64();
+            let mut times = Vec::new();
+            for _ in 0..3 {
+                let t = Instant::now();
+                let out = generate(&model, &prompts, 0, &gc)?;
+                times.push(t.elapsed().as_secs_f64());
+                anyhow::ensure!(out.iter().all(|o| o.tokens.len() == a.new_tokens));
+            }
+            let secs = median(times);
+            let tps = (batch * a.new_tokens) as f64 / secs;
+            return Ok(CaseResult {
+                shape: shape_name.into(),
+                case: case.into(),
+                batch,
+                tokens_per_s: tps,
+                warmup_seconds: warmup,
+                seconds: secs,
+                params,
+                trainable_params: 0,
+                // Decoding: 2·N per new token (the prompt's prefill is not counted).
+                model_tflops: Some(2.0 * params as f64 * tps / 1e12),
+                peak_host_mib: peak_rss_mib(),
+                peak_gpu_mib: None,
+                error: None,
+            });
+        }
+        let mut model = random_llama::<B>(&cfg, 0, &device);
+        let params = model.num_params();
+        let full = match case {
+            "train-lora" => {
+                set_base_trainable(&mut model, false);
+                let ac = AdapterConfig {
+                    rank: 8,
+                    alpha: 16.0,
+                    targets: vec!["q_proj".into(), "v_proj".into()],
+                    ..AdapterConfig::default()
+                };
+                add_adapter(&mut model, "task", &ac)?;
+                set_adapter_trainable(&mut model, "task", true)?;
+                false
+            }
+            "train-full" => {
+                set_base_trainable(&mut model, true);
+                true
+            }
+            other => bail!("unknown case `{other}`"),
+        };
+        let trainable = model.num_params() - if full { 0 } else { params };
+        let data: Vec<TrainExample> = (0..a.train_batch)
+            .map(|_| TrainExample {
+                ids: (0..a.seq_len).map(|_| rng.random_range(3..vocab)).collect(),
+                n_prompt: 1,
+            })
+            .collect();
+        let tc = |steps| TrainConfig {
+            lr: 1e-5,
+            max_steps: Some(steps),
+            batch_size: a.train_batch,
+            max_len: a.seq_len,
+            progress: false,
+            ..TrainConfig::default()
+        };
+        let t = Instant::now();
+        let (model, _) = train(model, &data, 0, &tc(a.warmup_steps.max(1)), &mut NoCallback)?;
+        let warmup = t.elapsed().as_secs_f64();
+        let (_, report) = train(model, &data, 0, &tc(a.steps.max(1)), &mut NoCallback)?;
+        let secs = median(report.steps.iter().map(|s| s.seconds).collect());
+        let tps = (a.train_batch * a.seq_len) as f64 / secs;
+        Ok(CaseResult {
+            shape: shape_name.into(),
+            case: case.into(),
+            batch: a.train_batch,
+            tokens_per_s: tps,
+            warmup_seconds: warmup,
+            seconds: secs,
+            params,
+            trainable_params: trainable,
+            model_tflops: Some(train_flops_per_token(&cfg, params, full, a.seq_len) * tps / 1e12),
+            peak_host_mib: peak_rss_mib(),
+            peak_gpu_mib: None,
+            error: None,
+        })
+    }
+}
+
+/// GPU memory used by process `pid` according to nvidia-smi, MiB.
+fn gpu_mib(pid: u32) -> Option<f64> {
+    let out = Command::new("nvidia-smi")
+        .args([
+            "--query-compute-apps=pid,used_memory",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut it = l.split(',').map(str::trim);
+        (it.next()? == pid.to_string()).then(|| it.next()?.parse().ok())?
+    })
+}
+
+fn device_name() -> String {
+    if let Ok(o) = Command::new("nvidia-smi")
+        .args(["--query-gpu=name", "--format=csv,noheader"])
+        .output()
+        && o.status.success()
+    {
+        let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        if !s.is_empty() {
+            return s;
+        }
+    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "{cpu} ({} threads)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    )
+}
+
+pub fn run(args: SuiteArgs) -> Result<()> {
+    if let Some(spec) = args.child.clone() {
+        let r = dispatch(
+            args.backend,
+            Child {
+                spec,
+                args: args.clone(),
+            },
+        )?;
+        println!("SECVEC_CASE {}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    if let Some(path) = &args.render {
+        let report: SuiteReport = serde_json::from_str(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+        )
+        .with_context(|| format!("parsing {}", path.display()))?;
+        let reference = load_reference(args.compare.as_deref())?;
+        let stem = match &args.compare {
+            Some(c) => format!(
+                "suite-{}-vs-{}",
+                report.backend,
+                c.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+            None => format!("suite-{}", report.backend),
+        };
+        let md = markdown(&report, reference.as_ref(), args.peak_tflops);
+        std::fs::create_dir_all(&args.out)?;
+        let md_path = args.out.join(format!("{stem}.md"));
+        std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+        println!("{md}");
+        return Ok(());
+    }
+    for s in &args.shapes {
+        shape(s)?;
+    }
+    let mut specs = Vec::new();
+    for s in &args.shapes {
+        for c in &args.cases {
+            match c.as_str() {
+                "generate" => {
+                    for b in &args.gen_batches {
+                        specs.push(format!("{s}:generate:{b}"));
+                    }
+                }
+                "train-lora" | "train-full" => specs.push(format!("{s}:{c}")),
+                other => {
+                    bail!("--cases: unknown case `{other}` (train-lora, train-full, generate)")
+                }
+            }
+        }
+    }
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let mut results = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        eprintln!("[{}/{}] {spec} on {}", i + 1, specs.len(), args.backend);
+        let mut cmd = Command::new(&exe);
+        cmd.arg("bench-suite")
+            .args(["--backend", &args.backend.to_string()])
+            .args(["--child", spec])
+            .args(["--prompt-tokens", &args.prompt_tokens.to_string()])
+            .args(["--new-tokens", &args.new_tokens.to_string()])
+            .args(["--train-batch", &args.train_batch.to_string()])
+            .args(["--seq-len", &args.seq_len.to_string()])
+            .args(["--steps", &args.steps.to_string()])
+            .args(["--warmup-steps", &args.warmup_steps.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().context("starting a benchmark case")?;
+        let pid = child.id();
+        let start = Instant::now();
+        let mut peak_gpu: Option<f64> = None;
+        let status = loop {
+            if let Some(st) = child.try_wait()? {
+                break Some(st);
+            }
+            if start.elapsed() > Duration::from_secs(args.case_timeout) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            if let Some(m) = gpu_mib(pid) {
+                peak_gpu = Some(peak_gpu.map_or(m, |p: f64| p.max(m)));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        let mut stdout = String::new();
+        if let Some(mut out) = child.stdout.take() {
+            use std::io::Read;
+            let _ = out.read_to_string(&mut stdout);
+        }
+        let parsed = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("SECVEC_CASE "))
+            .and_then(|j| serde_json::from_str::<CaseResult>(j).ok());
+        let parts: Vec<&str> = spec.split(':').collect();
+        let r = match (status, parsed) {
+            (Some(st), Some(mut r)) if st.success() => {
+                r.peak_gpu_mib = peak_gpu;
+                r
+            }
+            (status, _) => CaseResult {
+                shape: parts[0].into(),
+                case: parts[1].into(),
+                batch: parts
+                    .get(2)
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(args.train_batch),
+                tokens_per_s: 0.0,
+                warmup_seconds: 0.0,
+                seconds: 0.0,
+                params: 0,
+                trainable_params: 0,
+                model_tflops: None,
+                peak_host_mib: None,
+                peak_gpu_mib: peak_gpu,
+                error: Some(match status {
+                    None => format!("timed out after {} s", args.case_timeout),
+                    Some(st) => format!("failed ({st})"),
+                }),
+            },
+        };
+        eprintln!(
+            "    {:.1} tokens/s, warm-up {:.1}s{}",
+            r.tokens_per_s,
+            r.warmup_seconds,
+            r.error
+                .as_deref()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default()
+        );
+        results.push(r);
+    }
+    let report = SuiteReport {
+        tool: "secvec".into(),
+        backend: args.backend.to_string(),
+        dtype: "f32".into(),
+        device: device_name(),
+        command: format!(
+            "secvec-experiments {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        ),
+        results,
+    };
+    let reference = load_reference(args.compare.as_deref())?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let stem = format!("suite-{}", args.backend);
+    let json = args.out.join(format!("{stem}.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    let md = markdown(&report, reference.as_ref(), args.peak_tflops);
+    let md_path = args.out.join(format!("{stem}.md"));
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    println!("{md}");
+    eprintln!("wrote {} and {}", json.display(), md_path.display());
+    Ok(())
+}
+
+fn load_reference(path: Option<&std::path::Path>) -> Result<Option<SuiteReport>> {
+    let Some(p) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    Ok(Some(serde_json::from_str(&text).with_context(|| {
+        format!("parsing {} (a bench/reference_torch.py JSON)", p.display())
+    })?))
+}
+
+pub fn markdown(r: &SuiteReport, reference: Option<&SuiteReport>, peak: Option<f64>) -> String {
+    let mut s = format!(
+        "# Benchmark suite: secvec on {} ({}), {}\n\nCommand: `{}`\n\nRandom weights; training on \
+         random tokens (loss on every position), generation greedy without early stop. Warm-up is \
+         the first step/call (kernel compilation, autotune, allocation) and is not in the speed.\n\n",
+        r.backend, r.dtype, r.device, r.command
+    );
+    if let Some(rf) = reference {
+        s += &format!(
+            "Reference: {} on {} ({}), `{}`.\n\n",
+            rf.tool, rf.device, rf.dtype, rf.command
+        );
+    }
+    s += "| shape | case | batch | tokens/s | warm-up s | model TFLOP/s |";
+    if peak.is_some() {
+        s += " MFU |";
+    }
+    s += " peak host MiB | peak GPU MiB |";
+    if reference.is_some() {
+        s += " reference tokens/s | ratio |";
+    }
+    s += "\n|---|---|---:|---:|---:|---:|";
+    if peak.is_some() {
+        s += "---:|";
+    }
+    s += "---:|---:|";
+    if reference.is_some() {
+        s += "---:|---:|";
+    }
+    s += "\n";
+    let opt = |v: Option<f64>, p: usize| v.map_or("—".to_string(), |x| format!("{x:.p$}"));
+    for c in &r.results {
+        if let Some(e) = &c.error {
+            s += &format!("| {} | {} | {} | {e} |\n", c.shape, c.case, c.batch);
+            continue;
+        }
+        s += &format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {} |",
+            c.shape,
+            c.case,
+            c.batch,
+            c.tokens_per_s,
+            c.warmup_seconds,
+            opt(c.model_tflops, 3)
+        );
+        if let Some(p) = peak {
+            s += &match c.model_tflops {
+                Some(t) => format!(" {:.1}% |", 100.0 * t / p),
+                None => " — |".to_string(),
+            };
+        }
+        s += &format!(
+            " {} | {} |",
+            opt(c.peak_host_mib, 0),
+            opt(c.peak_gpu_mib, 0)
+        );
+        if let Some(rf) = reference {
+            match rf.results.iter().find(|x| {
+                x.shape == c.shape && x.case == c.case && x.batch == c.batch && x.error.is_none()
+            }) {
+                Some(x) => {
+                    s += &format!(
+                        " {:.1} | {:.2}× |",
+                        x.tokens_per_s,
+                        c.tokens_per_s / x.tokens_per_s
+                    )
+                }
+                None => s += " — | — |",
+            }
+        }
+        s += "\n";
+    }
+    s
+}
