@@ -123,6 +123,20 @@ pub struct SuiteReport {
     pub results: Vec<CaseResult>,
 }
 
+impl SuiteReport {
+    /// The same report header with other results.
+    pub fn clone_with(&self, results: Vec<CaseResult>) -> SuiteReport {
+        SuiteReport {
+            tool: self.tool.clone(),
+            backend: self.backend.clone(),
+            dtype: self.dtype.clone(),
+            device: self.device.clone(),
+            command: self.command.clone(),
+            results,
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -549,4 +563,78 @@ pub fn markdown(r: &SuiteReport, reference: Option<&SuiteReport>, peak: Option<f
         s += "\n";
     }
     s
+}
+
+/// Parameters of a Llama shape, counted from the config (tied head counted once).
+pub fn param_count(c: &LlamaConfig) -> usize {
+    let (d, kv) = (c.hidden_size, c.num_kv_heads * c.head_dim);
+    let q = c.num_heads * c.head_dim;
+    let attn = d * q + 2 * d * kv + q * d;
+    let mlp = 3 * d * c.intermediate_size;
+    let layer = attn + mlp + 2 * d;
+    let head = if c.tie_word_embeddings {
+        0
+    } else {
+        c.vocab_size * d
+    };
+    c.vocab_size * d + c.num_layers * layer + d + head
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_have_the_published_parameter_counts() {
+        // Hugging Face model cards: SmolLM2-135M 134,515,008; Llama-3.2-1B 1,235,814,400.
+        assert_eq!(param_count(&shape("smollm2-135m").unwrap()), 134_515_008);
+        assert_eq!(param_count(&shape("llama-1b").unwrap()), 1_235_814_400);
+        let model = random_llama::<burn::backend::Flex>(
+            &shape("smollm2-135m").unwrap(),
+            0,
+            &Default::default(),
+        );
+        assert_eq!(model.num_params(), 134_515_008);
+        assert!(shape("gpt-5").is_err());
+    }
+
+    fn case(shape: &str, case: &str, batch: usize, tps: f64) -> CaseResult {
+        CaseResult {
+            shape: shape.into(),
+            case: case.into(),
+            batch,
+            tokens_per_s: tps,
+            warmup_seconds: 1.0,
+            seconds: 1.0,
+            params: 1,
+            trainable_params: 1,
+            model_tflops: Some(2.0),
+            peak_host_mib: Some(10.0),
+            peak_gpu_mib: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn the_table_pairs_cases_with_the_reference_and_gives_ratio_and_mfu() {
+        let ours = SuiteReport {
+            tool: "secvec".into(),
+            backend: "cuda".into(),
+            dtype: "f32".into(),
+            device: "dev".into(),
+            command: "c".into(),
+            results: vec![
+                case("llama-1b", "train-lora", 8, 300.0),
+                case("llama-1b", "generate", 16, 50.0),
+            ],
+        };
+        let mut reference = ours.clone_with(vec![case("llama-1b", "train-lora", 8, 600.0)]);
+        reference.tool = "torch".into();
+        let md = markdown(&ours, Some(&reference), Some(20.0));
+        let lora = md.lines().find(|l| l.contains("train-lora")).unwrap();
+        assert!(lora.contains("| 600.0 | 0.50× |"), "{lora}");
+        assert!(lora.contains("| 10.0% |"), "{lora}");
+        let gen_line = md.lines().find(|l| l.contains("generate")).unwrap();
+        assert!(gen_line.ends_with("| — | — |"), "{gen_line}");
+    }
 }
