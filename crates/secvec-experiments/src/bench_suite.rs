@@ -123,6 +123,7 @@ pub struct SuiteReport {
     pub results: Vec<CaseResult>,
 }
 
+#[cfg(test)]
 impl SuiteReport {
     /// The same report header with other results.
     pub fn clone_with(&self, results: Vec<CaseResult>) -> SuiteReport {
@@ -566,7 +567,8 @@ pub fn markdown(r: &SuiteReport, reference: Option<&SuiteReport>, peak: Option<f
 }
 
 /// Parameters of a Llama shape, counted from the config (tied head counted once).
-pub fn param_count(c: &LlamaConfig) -> usize {
+#[cfg(test)]
+fn param_count(c: &LlamaConfig) -> usize {
     let (d, kv) = (c.hidden_size, c.num_kv_heads * c.head_dim);
     let q = c.num_heads * c.head_dim;
     let attn = d * q + 2 * d * kv + q * d;

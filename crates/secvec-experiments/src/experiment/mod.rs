@@ -96,6 +96,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut exp = schema::load(&args.file)?;
     if let Some(b) = args.backend {
         exp.backend = b;
+        exp.sweep.retain(|a| a.field != "backend");
     }
     let runs = grid::expand(&exp)?;
     let exp_dir = args.results.join(exp.name());
@@ -136,15 +137,29 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&exp_dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", exp_dir.display()))?;
-    let job = SweepJob {
-        experiment: exp.clone(),
-        runs: selected,
-        exp_dir: exp_dir.clone(),
-        cache_dir: args.cache_dir.clone(),
-        git_revision: runner::git_revision(),
-        fresh: args.fresh,
-    };
-    dispatch(exp.backend, job)?;
+    // Runs are grouped by backend (a sweep may vary it); each group runs in one dispatch.
+    let git_revision = runner::git_revision();
+    let mut backends: Vec<BackendKind> = Vec::new();
+    for r in &selected {
+        if !backends.contains(&r.experiment.backend) {
+            backends.push(r.experiment.backend);
+        }
+    }
+    for backend in backends {
+        let job = SweepJob {
+            experiment: exp.clone(),
+            runs: selected
+                .iter()
+                .filter(|r| r.experiment.backend == backend)
+                .cloned()
+                .collect(),
+            exp_dir: exp_dir.clone(),
+            cache_dir: args.cache_dir.clone(),
+            git_revision: git_revision.clone(),
+            fresh: args.fresh,
+        };
+        dispatch(backend, job)?;
+    }
 
     // Tables and plots over every finished run of the experiment (not only this invocation's).
     let mut finished = Vec::new();
