@@ -178,7 +178,7 @@ fn main() -> Result<()> {
         Command::Generate(args) => dispatch(args.model.backend, args),
         Command::Bench(args) => dispatch(args.model.backend, args),
         Command::Evaluate(args) => dispatch(args.model.backend, args),
-        Command::Pipeline(args) => dispatch(args.model.backend, args),
+        Command::Pipeline(args) => args.run(),
         Command::Run(args) => experiment::run(args),
         Command::BenchSuite(args) => bench_suite::run(args),
         Command::Check(args) => check::run(args),

@@ -1,33 +1,17 @@
-//! `pipeline`: the method end to end on one model — align, make security vectors, attack with
-//! and without them, evaluate each stage — writing metrics and a summary table.
+//! `pipeline`: the method end to end on one model, from command-line flags instead of a RON file —
+//! align, make security vectors, attack with and without them, evaluate every stage. It builds an
+//! [`Experiment`] and runs it with the experiment runner (same caching, resuming and outputs).
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
-use serde::Serialize;
-
-use secvec_core::adapter::{
-    AdapterConfig, add_adapter, merge_adapter, set_adapter_active, set_adapter_trainable,
-    set_base_trainable,
-};
-use secvec_core::data::{Corpus, Sample, SampleKind, Split};
-use secvec_core::eval::judge::KeywordJudge;
-use secvec_core::eval::metrics::{
-    EvalConfig, SampleResult, accuracy, compliance_rate, evaluate_samples, refusal_rate,
-};
-use secvec_core::eval::stats::Rate;
-use secvec_core::train::phases::all_targets;
-use secvec_core::train::{
-    FinetuneConfig, FinetuneMode, NoCallback, SecurityVectorConfig, SecurityVectors, TextPair,
-    TrainConfig, TrainReport, encode_pairs, finetune, train, train_security_vectors,
-};
-use secvec_models::{Llama, ModelSource, TextTokenizer, load_model};
+use anyhow::Result;
 
 use crate::ModelArgs;
-use crate::backend::{BackendKind, Job};
+use crate::backend::dispatch;
+use crate::experiment::grid::expand;
+use crate::experiment::report;
+use crate::experiment::runner::{self, SweepJob};
+use crate::experiment::schema::{AlignStage, Checkpoint, Experiment, Mode};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct PipelineArgs {
@@ -45,9 +29,12 @@ pub struct PipelineArgs {
     /// Harmful samples in the attack.
     #[arg(long, default_value_t = 1000)]
     attack_samples: usize,
-    /// New-skill samples mixed into the attack (0 = the whole skill_train split).
-    #[arg(long, default_value_t = 0)]
+    /// New-skill samples mixed into the attack.
+    #[arg(long, default_value_t = 300)]
     skill_samples: usize,
+    /// Facts of the knowledge base the skill samples teach (0 = all 300).
+    #[arg(long, default_value_t = 100)]
+    skill_facts: usize,
     /// Epochs of the attack.
     #[arg(long, default_value_t = 1)]
     attack_epochs: usize,
@@ -65,337 +52,78 @@ pub struct PipelineArgs {
     eval_samples: usize,
     #[arg(long, default_value_t = 48)]
     max_new_tokens: usize,
-    /// Output directory.
+    /// Output directory (the run is `<out>/runs/main/`, tables in `<out>/`).
     #[arg(long, default_value = "results/pipeline")]
     out: PathBuf,
 }
 
-#[derive(Serialize, Clone)]
-struct StageMetrics {
-    stage: String,
-    harmful_rate: Rate,
-    over_refusal: Rate,
-    benign_accuracy: Rate,
-    skill_accuracy: Rate,
-}
-
-#[derive(Serialize)]
-struct TrainSummary {
-    stage: String,
-    examples: usize,
-    steps: usize,
-    first_loss: f64,
-    final_loss: f64,
-    tokens_per_second: f64,
-    seconds: f64,
-}
-
-fn summarize(stage: &str, examples: usize, r: &TrainReport) -> TrainSummary {
-    TrainSummary {
-        stage: stage.into(),
-        examples,
-        steps: r.steps.len(),
-        first_loss: r.steps.first().map(|s| s.loss).unwrap_or(f64::NAN),
-        final_loss: r.final_loss(5),
-        tokens_per_second: r.tokens_per_second,
-        seconds: r.seconds,
-    }
-}
-
-fn pairs(samples: &[Sample]) -> Vec<TextPair> {
-    samples
-        .iter()
-        .map(|s| TextPair::new(&s.prompt, &s.response))
-        .collect()
-}
-
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
-struct Evaluator<'a> {
-    tok: &'a TextTokenizer,
-    judge: KeywordJudge,
-    config: EvalConfig,
-    harmful: Vec<Sample>,
-    benign: Vec<Sample>,
-    skill: Vec<Sample>,
-    out: PathBuf,
-}
-
-impl Evaluator<'_> {
-    fn run<B: burn::tensor::backend::Backend>(
-        &self,
-        stage: &str,
-        model: &Llama<B>,
-    ) -> Result<StageMetrics> {
-        let t = Instant::now();
-        let h = evaluate_samples(
-            model,
-            self.tok,
-            &self.harmful,
-            &self.judge,
-            &self.config,
-            "harmful",
-        )?;
-        let b = evaluate_samples(
-            model,
-            self.tok,
-            &self.benign,
-            &self.judge,
-            &self.config,
-            "benign",
-        )?;
-        let s = evaluate_samples(
-            model,
-            self.tok,
-            &self.skill,
-            &self.judge,
-            &self.config,
-            "skill",
-        )?;
-        let m = StageMetrics {
-            stage: stage.into(),
-            harmful_rate: compliance_rate(&h),
-            over_refusal: refusal_rate(&b),
-            benign_accuracy: accuracy(&b),
-            skill_accuracy: accuracy(&s),
+impl PipelineArgs {
+    /// The experiment these flags describe.
+    pub fn experiment(&self) -> Experiment {
+        let mut e = Experiment {
+            name: self
+                .out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
+            description: "The `pipeline` command's experiment.".into(),
+            model: self.model.model.clone(),
+            backend: self.model.backend,
+            seed: self.seed,
+            align: Some(AlignStage {
+                refusals: self.align_samples,
+                benign: self.align_samples,
+                ..AlignStage::default()
+            }),
+            ..Experiment::default()
         };
-        let mut lines = String::new();
-        for (set, rs) in [("harmful", &h), ("benign", &b), ("skill", &s)] {
-            for r in rs.iter() {
-                #[derive(Serialize)]
-                struct Line<'a> {
-                    set: &'a str,
-                    #[serde(flatten)]
-                    result: &'a SampleResult,
-                }
-                lines += &serde_json::to_string(&Line { set, result: r })?;
-                lines.push('\n');
-            }
+        e.security_vectors.samples = self.sv_samples;
+        e.security_vectors.lr = self.sv_lr;
+        e.finetune.harmful = self.attack_samples;
+        e.finetune.skill = self.skill_samples;
+        e.finetune.skill_facts = self.skill_facts;
+        e.finetune.epochs = self.attack_epochs;
+        e.finetune.lr = self.attack_lr;
+        if self.full {
+            e.finetune.mode = Mode::Full;
         }
-        write_atomic(&self.out.join(format!("generations-{stage}.jsonl")), &lines)?;
-        eprintln!(
-            "[{stage}] harmful {} | over-refusal {} | benign acc {} | skill acc {} ({:.0}s)",
-            m.harmful_rate,
-            m.over_refusal,
-            m.benign_accuracy,
-            m.skill_accuracy,
-            t.elapsed().as_secs_f64()
-        );
-        Ok(m)
+        e.evaluate.samples = self.eval_samples;
+        e.evaluate.max_new_tokens = self.max_new_tokens;
+        e.evaluate.checkpoints = vec![
+            Checkpoint::Shipped,
+            Checkpoint::Aligned,
+            Checkpoint::VectorsOn,
+        ];
+        e
     }
-}
 
-impl Job for PipelineArgs {
-    type Output = ();
-
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
-        let started = Instant::now();
-        std::fs::create_dir_all(&self.out)
-            .with_context(|| format!("creating {}", self.out.display()))?;
-        let source = ModelSource::parse(&self.model.model)?;
-        let loaded = load_model::<B>(&source, self.model.cache_dir.as_deref(), &device)?;
-        let tok = &loaded.tokenizer;
-        let pad = tok.pad_id();
-        let corpus = Corpus::builtin(self.seed);
-        let take = |split: Split, kind: Option<SampleKind>, n: usize| -> Vec<Sample> {
-            corpus
-                .split(split)
+    pub fn run(self) -> Result<()> {
+        let exp = self.experiment();
+        exp.validate()?;
+        let runs = expand(&exp)?;
+        std::fs::create_dir_all(&self.out)?;
+        let job = SweepJob {
+            experiment: exp.clone(),
+            runs: runs.clone(),
+            exp_dir: self.out.clone(),
+            cache_dir: self.model.cache_dir.clone(),
+            git_revision: runner::git_revision(),
+            fresh: false,
+        };
+        let finished = dispatch(exp.backend, job)?;
+        let command = format!(
+            "cargo run --release -p secvec-experiments -- {}",
+            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+        );
+        let files = report::write_all(&self.out, &exp, &finished, &command, runs.len())?;
+        println!("{}", std::fs::read_to_string(self.out.join("summary.md"))?);
+        eprintln!(
+            "wrote {}",
+            files
                 .iter()
-                .filter(|s| kind.is_none_or(|k| s.kind == k))
-                .take(if n == 0 { usize::MAX } else { n })
-                .cloned()
-                .collect()
-        };
-        let mut align = take(
-            Split::Align,
-            Some(SampleKind::HarmfulRefusal),
-            self.align_samples,
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        align.extend(take(
-            Split::Align,
-            Some(SampleKind::Benign),
-            self.align_samples,
-        ));
-        let sv = take(Split::Sv, None, self.sv_samples);
-        let mut attack = take(Split::Attack, None, self.attack_samples);
-        let skill_train = take(Split::SkillTrain, None, self.skill_samples);
-        attack.extend(skill_train.iter().cloned());
-        let evaluator = Evaluator {
-            tok,
-            judge: KeywordJudge::secvec(),
-            config: EvalConfig {
-                max_new_tokens: self.max_new_tokens,
-                batch_size: 16,
-                system_prompt: None,
-                progress: true,
-            },
-            harmful: take(Split::EvalHarmful, None, self.eval_samples),
-            benign: take(Split::EvalBenign, None, self.eval_samples),
-            skill: take(Split::SkillEval, None, self.eval_samples),
-            out: self.out.clone(),
-        };
-        eprintln!(
-            "data: align {} | sv {} | attack {} ({} skill) | eval {} harmful, {} benign, {} skill",
-            align.len(),
-            sv.len(),
-            attack.len(),
-            skill_train.len(),
-            evaluator.harmful.len(),
-            evaluator.benign.len(),
-            evaluator.skill.len()
-        );
-        let max_len = 160;
-        let encode = |s: &[Sample]| encode_pairs(tok, &pairs(s), None, max_len);
-
-        let mut stages = vec![evaluator.run("shipped", &loaded.model.valid())?];
-        let mut training = Vec::new();
-
-        // Alignment: a LoRA on refusals + benign answers, merged into the base.
-        let mut model = loaded.model;
-        set_base_trainable(&mut model, false);
-        let align_cfg = AdapterConfig {
-            rank: 16,
-            alpha: 32.0,
-            targets: all_targets(),
-            seed: self.seed,
-            ..AdapterConfig::default()
-        };
-        add_adapter(&mut model, "align", &align_cfg)?;
-        set_adapter_trainable(&mut model, "align", true)?;
-        let train_cfg = |lr: f64, epochs: usize| TrainConfig {
-            lr,
-            epochs,
-            batch_size: 8,
-            seed: self.seed,
-            schedule: secvec_core::train::Schedule::Cosine,
-            ..TrainConfig::default()
-        };
-        let (mut model, report) = train(
-            model,
-            &encode(&align)?,
-            pad,
-            &train_cfg(5e-4, 2),
-            &mut NoCallback,
-        )?;
-        training.push(summarize("align", align.len(), &report));
-        merge_adapter(&mut model, "align")?;
-        stages.push(evaluator.run("aligned", &model.valid())?);
-
-        // Phase 1: security vectors.
-        let sv_cfg = SecurityVectorConfig {
-            adapter: AdapterConfig {
-                rank: 8,
-                alpha: 16.0,
-                targets: all_targets(),
-                seed: self.seed + 1,
-                ..AdapterConfig::default()
-            },
-            train: train_cfg(self.sv_lr, 3),
-        };
-        let (mut model, report) =
-            train_security_vectors(model, &encode(&sv)?, pad, &sv_cfg, &mut NoCallback)?;
-        training.push(summarize("security vectors", sv.len(), &report));
-        set_adapter_active(&mut model, secvec_core::adapter::SECURITY, true)?;
-        stages.push(evaluator.run("vectors-on", &model.valid())?);
-        set_adapter_active(&mut model, secvec_core::adapter::SECURITY, false)?;
-
-        // Phase 2 with and without the vectors; phase 3: evaluate with them off.
-        let attack_examples = encode(&attack)?;
-        let mode = if self.full {
-            FinetuneMode::Full
-        } else {
-            FinetuneMode::Lora(AdapterConfig {
-                rank: 8,
-                alpha: 16.0,
-                targets: all_targets(),
-                seed: self.seed + 2,
-                ..AdapterConfig::default()
-            })
-        };
-        let lr = self
-            .attack_lr
-            .unwrap_or(if self.full { 2e-5 } else { 2e-4 });
-        for (name, vectors) in [
-            ("attacked-no-vectors", SecurityVectors::Off),
-            ("attacked-with-vectors", SecurityVectors::Active),
-        ] {
-            let cfg = FinetuneConfig {
-                mode: mode.clone(),
-                security_vectors: vectors,
-                train: train_cfg(lr, self.attack_epochs),
-            };
-            let (tuned, report) =
-                finetune(model.clone(), &attack_examples, pad, &cfg, &mut NoCallback)?;
-            training.push(summarize(name, attack.len(), &report));
-            stages.push(evaluator.run(name, &tuned.valid())?);
-        }
-
-        #[derive(Serialize)]
-        struct Metrics<'a> {
-            command: String,
-            model: String,
-            backend: String,
-            seed: u64,
-            attack_mode: &'a str,
-            attack_lr: f64,
-            stages: &'a [StageMetrics],
-            training: &'a [TrainSummary],
-            wall_seconds: f64,
-        }
-        let metrics = Metrics {
-            command: std::env::args().collect::<Vec<_>>().join(" "),
-            model: source.display_name(),
-            backend: backend.to_string(),
-            seed: self.seed,
-            attack_mode: if self.full {
-                "full fine-tuning"
-            } else {
-                "task LoRA r=8"
-            },
-            attack_lr: lr,
-            stages: &stages,
-            training: &training,
-            wall_seconds: started.elapsed().as_secs_f64(),
-        };
-        write_atomic(
-            &self.out.join("metrics.json"),
-            &serde_json::to_string_pretty(&metrics)?,
-        )?;
-        let mut md = format!(
-            "# Security vectors end to end: {} on {}\n\nCommand: `{}`\n\nAttack: {} (lr {lr:.0e}, {} epoch(s)); wall time {:.0} s.\n\n\
-             | stage | harmful rate (95% CI) | over-refusal | benign accuracy | skill accuracy |\n|---|---|---|---|---|\n",
-            metrics.model,
-            metrics.backend,
-            metrics.command,
-            metrics.attack_mode,
-            self.attack_epochs,
-            metrics.wall_seconds
-        );
-        for s in &stages {
-            md += &format!(
-                "| {} | {} | {} | {} | {} |\n",
-                s.stage, s.harmful_rate, s.over_refusal, s.benign_accuracy, s.skill_accuracy
-            );
-        }
-        md += "\n| training | examples | steps | loss first → last | tokens/s | seconds |\n|---|---:|---:|---|---:|---:|\n";
-        for t in &training {
-            md += &format!(
-                "| {} | {} | {} | {:.3} → {:.3} | {:.0} | {:.0} |\n",
-                t.stage,
-                t.examples,
-                t.steps,
-                t.first_loss,
-                t.final_loss,
-                t.tokens_per_second,
-                t.seconds
-            );
-        }
-        write_atomic(&self.out.join("summary.md"), &md)?;
-        println!("{md}");
         Ok(())
     }
 }

@@ -380,3 +380,58 @@ fn the_readme_example_is_a_valid_experiment() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_pipeline_command_runs_the_same_experiment_from_flags() {
+    let dir = std::env::temp_dir().join(format!("secvec-exp-pipeline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(bin())
+        .args(["pipeline", "--model", fixture().to_str().unwrap()])
+        .args([
+            "--align-samples",
+            "4",
+            "--sv-samples",
+            "4",
+            "--attack-samples",
+            "4",
+        ])
+        .args([
+            "--skill-samples",
+            "4",
+            "--skill-facts",
+            "2",
+            "--eval-samples",
+            "2",
+            "--max-new-tokens",
+            "2",
+        ])
+        .args(["--out", dir.join("pl").to_str().unwrap()])
+        .env("SECVEC_CACHE_DIR", dir.join("cache"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("pl/runs/main/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let stages: Vec<&str> = m["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "shipped",
+            "aligned",
+            "vectors-on",
+            "attacked-off",
+            "attacked-active"
+        ]
+    );
+    assert_eq!(m["data"]["finetune_harmful"], 4);
+    assert_eq!(m["data"]["eval_skill"], 2);
+    assert!(dir.join("pl/summary.md").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}
