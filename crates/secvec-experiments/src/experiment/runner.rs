@@ -153,10 +153,25 @@ fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", h.finalize())
 }
 
-/// Hash of a run's configuration (what decides whether a finished run is still valid).
+/// Hash of what a run computes: its configuration without the fields that only describe or check
+/// it (`name`, `description`, `expect`), so editing those never invalidates finished runs.
 pub fn config_hash(exp: &Experiment) -> String {
-    let json = serde_json::to_vec(exp).expect("experiments serialise");
+    let mut e = exp.clone();
+    e.name = None;
+    e.description.clear();
+    e.expect = None;
+    e.sweep.clear();
+    let json = serde_json::to_vec(&e).expect("experiments serialise");
     sha256_hex(&json)[..16].to_string()
+}
+
+/// Whether a stored run (its `config`, as written in `run.json` or `metrics.json`) computed the
+/// same thing as `exp`. Hashes are recomputed from the stored configuration, so a change in what
+/// the hash ignores never invalidates old results.
+fn same_config(stored: &serde_json::Value, exp: &Experiment) -> Result<bool> {
+    let stored: Experiment = serde_json::from_value(stored.clone())
+        .context("the stored configuration is not a valid experiment")?;
+    Ok(config_hash(&stored) == config_hash(exp))
 }
 
 /// The git revision of the working directory, `-dirty` if it has uncommitted changes.
@@ -592,18 +607,15 @@ impl SweepJob {
         let hash = config_hash(exp);
         let spec_path = dir.join("run.json");
         if spec_path.is_file() {
-            #[derive(Deserialize)]
-            struct Existing {
-                config_hash: String,
-            }
-            let existing: Existing = read_json(&spec_path)?;
-            if existing.config_hash != hash {
+            let existing: serde_json::Value = read_json(&spec_path)?;
+            if !same_config(&existing["config"], exp)
+                .with_context(|| format!("reading {}", spec_path.display()))?
+            {
                 bail!(
-                    "run `{}` in {} was started with a different configuration (hash {} ≠ {hash}); \
+                    "run `{}` in {} was started with a different configuration; \
                      delete that folder or rename the experiment to start over",
                     spec.name,
                     dir.display(),
-                    existing.config_hash
                 );
             }
         }
@@ -980,7 +992,8 @@ impl Job for SweepJob {
             let metrics_path = run_dir(&self.exp_dir, &spec.name).join("metrics.json");
             if metrics_path.is_file() {
                 let m: RunMetrics = read_json(&metrics_path)?;
-                if m.config_hash != config_hash(&spec.experiment) {
+                let stored = serde_json::to_value(&m.config)?;
+                if !same_config(&stored, &spec.experiment)? {
                     bail!(
                         "run `{}` finished with a different configuration ({}); delete that folder \
                          or rename the experiment to recompute it",
@@ -1068,9 +1081,12 @@ mod tests {
     }
 
     #[test]
-    fn config_hash_tracks_every_field() {
+    fn config_hash_tracks_what_a_run_computes() {
         let a = parse_str("()", "t.ron").unwrap();
         let mut b = a.clone();
+        assert_eq!(config_hash(&a), config_hash(&b));
+        b.description = "edited".into();
+        b.expect = Some(Default::default());
         assert_eq!(config_hash(&a), config_hash(&b));
         b.finetune.epochs = 2;
         assert_ne!(config_hash(&a), config_hash(&b));
