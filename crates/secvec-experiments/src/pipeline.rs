@@ -111,7 +111,7 @@ impl PipelineArgs {
         };
         let finished = dispatch(exp.backend, job)?;
         let command = format!(
-            "cargo run --release -p secvec-experiments -- {}",
+            "secvec-experiments {}",
             std::env::args().skip(1).collect::<Vec<_>>().join(" ")
         );
         let files = report::write_all(&self.out, &exp, &finished, &command, runs.len())?;

@@ -170,7 +170,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     }
     let command = format!(
-        "cargo run --release -p secvec-experiments -- {}",
+        "secvec-experiments {}",
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
     let files = report::write_all(&exp_dir, &exp, &finished, &command, runs.len())?;
