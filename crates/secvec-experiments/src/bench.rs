@@ -88,7 +88,8 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median (upper median for even lengths) of a non-empty list.
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

@@ -22,7 +22,7 @@ use secvec_models::weights::random_llama;
 use secvec_models::{GenerationConfig, LlamaConfig, Sampling, generate};
 
 use crate::backend::{BackendKind, Job, dispatch};
-use crate::bench::peak_rss_mib;
+use crate::bench::{median, peak_rss_mib};
 
 /// The benchmarked shapes.
 pub fn shape(name: &str) -> Result<LlamaConfig> {
@@ -136,11 +136,6 @@ impl SuiteReport {
             results,
         }
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Model FLOPs per trained token: 6·N for full fine-tuning (forward, input and weight

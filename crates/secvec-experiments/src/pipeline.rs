@@ -7,10 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::ModelArgs;
-use crate::backend::dispatch;
 use crate::experiment::grid::expand;
-use crate::experiment::report;
-use crate::experiment::runner::{self, SweepJob};
 use crate::experiment::schema::{AlignStage, Checkpoint, Experiment, Mode};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -100,30 +97,15 @@ impl PipelineArgs {
         let exp = self.experiment();
         exp.validate()?;
         let runs = expand(&exp)?;
-        std::fs::create_dir_all(&self.out)?;
-        let job = SweepJob {
-            experiment: exp.clone(),
-            runs: runs.clone(),
-            exp_dir: self.out.clone(),
-            cache_dir: self.model.cache_dir.clone(),
-            git_revision: runner::git_revision(),
-            fresh: false,
-        };
-        let finished = dispatch(exp.backend, job)?;
-        let command = format!(
-            "secvec-experiments {}",
-            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-        );
-        let files = report::write_all(&self.out, &exp, &finished, &command, runs.len())?;
+        crate::experiment::execute(
+            &exp,
+            &runs,
+            &runs,
+            &self.out,
+            self.model.cache_dir.clone(),
+            false,
+        )?;
         println!("{}", std::fs::read_to_string(self.out.join("summary.md"))?);
-        eprintln!(
-            "wrote {}",
-            files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
         Ok(())
     }
 }

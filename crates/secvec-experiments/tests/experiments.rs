@@ -61,6 +61,26 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The process failed and said `needle` on stderr.
+fn assert_fails_with(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected a failure: {}", stderr(out));
+    assert!(stderr(out).contains(needle), "{}", stderr(out));
+}
+
+fn read_metrics(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The `stage` names of a metrics.json, in order.
+fn stage_names(m: &serde_json::Value) -> Vec<String> {
+    m["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap().to_string())
+        .collect()
+}
+
 const RUNS: [&str; 4] = [
     "sv=0_attack_lr=0.0001",
     "sv=0_attack_lr=0.001",
@@ -89,19 +109,11 @@ fn sweep_writes_runs_tables_and_plots_and_dry_run_lists_state() {
     assert!(out.status.success(), "{}", stderr(&out));
     let exp = dir.join("results/tiny");
     for r in RUNS {
-        let m: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(exp.join("runs").join(r).join("metrics.json")).unwrap(),
-        )
-        .unwrap();
+        let m = read_metrics(&exp.join("runs").join(r).join("metrics.json"));
         assert_eq!(m["run"], r);
         assert_eq!(m["backend"], "flex");
         assert!(m["git_revision"].as_str().is_some_and(|s| !s.is_empty()));
-        let stages: Vec<&str> = m["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["stage"].as_str().unwrap())
-            .collect();
+        let stages = stage_names(&m);
         if r.starts_with("sv=0") {
             // No vectors: the `active` arm is the plain attack, not trained twice.
             assert_eq!(stages, ["aligned", "attacked-off", "attacked-active"]);
@@ -159,12 +171,7 @@ fn sweep_writes_runs_tables_and_plots_and_dry_run_lists_state() {
 
     // --only runs one run; an unknown name is an error that lists the runs.
     let out = run(&dir, &file, &["--only", "nope"], &[]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("sv=8_attack_lr=0.001"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, "sv=8_attack_lr=0.001");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -288,9 +295,7 @@ fn a_run_aborted_mid_way_keeps_its_finished_stages() {
         std::fs::read(run_dir.join("stages/aligned.json")).unwrap(),
         aligned_bytes
     );
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("metrics.json")).unwrap())
-            .unwrap();
+    let m = read_metrics(&run_dir.join("metrics.json"));
     assert_eq!(m["stages"].as_array().unwrap().len(), 4);
 
     // Editing the file so that the run means something else is refused, not silently mixed.
@@ -299,12 +304,7 @@ fn a_run_aborted_mid_way_keeps_its_finished_stages() {
         .replace("max_len: 48", "max_len: 40");
     std::fs::write(&file, text).unwrap();
     let out = run(&dir, &file, &["--only", RUNS[2]], &[]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("different configuration"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, "different configuration");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -328,8 +328,7 @@ fn bad_files_are_errors_with_file_line_and_column() {
         .arg(dir.join("missing.ron"))
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("missing.ron"), "{}", stderr(&out));
+    assert_fails_with(&out, "missing.ron");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -410,16 +409,8 @@ fn the_pipeline_command_runs_the_same_experiment_from_flags() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    let m: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("pl/runs/main/metrics.json")).unwrap(),
-    )
-    .unwrap();
-    let stages: Vec<&str> = m["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["stage"].as_str().unwrap())
-        .collect();
+    let m = read_metrics(&dir.join("pl/runs/main/metrics.json"));
+    let stages = stage_names(&m);
     assert_eq!(
         stages,
         [

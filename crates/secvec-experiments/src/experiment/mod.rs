@@ -7,11 +7,12 @@ pub mod report;
 pub mod runner;
 pub mod schema;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
 use crate::backend::{BackendKind, dispatch};
+use grid::RunSpec;
 use runner::{RunMetrics, RunState, SweepJob, arm_stage, run_state};
 use schema::{Arm, Experiment};
 
@@ -135,12 +136,32 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         None => runs.clone(),
     };
-    std::fs::create_dir_all(&exp_dir)
+    execute(
+        &exp,
+        &runs,
+        &selected,
+        &exp_dir,
+        args.cache_dir.clone(),
+        args.fresh,
+    )
+}
+
+/// Runs `selected` (a subset of the experiment's `runs`) that are not finished, then writes the
+/// tables and plots over every finished run and checks the expectations.
+pub fn execute(
+    exp: &Experiment,
+    runs: &[RunSpec],
+    selected: &[RunSpec],
+    exp_dir: &Path,
+    cache_dir: Option<PathBuf>,
+    fresh: bool,
+) -> Result<()> {
+    std::fs::create_dir_all(exp_dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", exp_dir.display()))?;
     // Runs are grouped by backend (a sweep may vary it); each group runs in one dispatch.
     let git_revision = runner::git_revision();
     let mut backends: Vec<BackendKind> = Vec::new();
-    for r in &selected {
+    for r in selected {
         if !backends.contains(&r.experiment.backend) {
             backends.push(r.experiment.backend);
         }
@@ -153,18 +174,18 @@ pub fn run(args: RunArgs) -> Result<()> {
                 .filter(|r| r.experiment.backend == backend)
                 .cloned()
                 .collect(),
-            exp_dir: exp_dir.clone(),
-            cache_dir: args.cache_dir.clone(),
+            exp_dir: exp_dir.to_path_buf(),
+            cache_dir: cache_dir.clone(),
             git_revision: git_revision.clone(),
-            fresh: args.fresh,
+            fresh,
         };
         dispatch(backend, job)?;
     }
 
     // Tables and plots over every finished run of the experiment (not only this invocation's).
     let mut finished = Vec::new();
-    for r in &runs {
-        let p = runner::run_dir(&exp_dir, &r.name).join("metrics.json");
+    for r in runs {
+        let p = runner::run_dir(exp_dir, &r.name).join("metrics.json");
         if p.is_file() {
             finished.push(runner::read_json::<RunMetrics>(&p)?);
         }
@@ -173,7 +194,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         "secvec-experiments {}",
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
-    let files = report::write_all(&exp_dir, &exp, &finished, &command, runs.len())?;
+    let files = report::write_all(exp_dir, exp, &finished, &command, runs.len())?;
     eprintln!(
         "wrote {}",
         files
@@ -182,7 +203,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let failures = check_expectations(&exp, &finished);
+    let failures = check_expectations(exp, &finished);
     if !failures.is_empty() {
         bail!("expectations failed:\n  {}", failures.join("\n  "));
     }

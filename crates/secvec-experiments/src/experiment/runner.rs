@@ -720,17 +720,13 @@ impl SweepJob {
                 None => pending_arms.push(arm),
             }
         }
+        let (aligned_done, vectors_done) = (done("aligned")?, done("vectors-on")?);
         let need_aligned_eval =
-            checkpoints.contains(&Checkpoint::Aligned) && done("aligned")?.is_none();
-        let need_vectors_eval = sv_enabled
-            && checkpoints.contains(&Checkpoint::VectorsOn)
-            && done("vectors-on")?.is_none();
-        if let Some(r) = done("aligned")? {
-            records.push(r);
-        }
-        if let Some(r) = done("vectors-on")? {
-            records.push(r);
-        }
+            checkpoints.contains(&Checkpoint::Aligned) && aligned_done.is_none();
+        let need_vectors_eval =
+            sv_enabled && checkpoints.contains(&Checkpoint::VectorsOn) && vectors_done.is_none();
+        records.extend(aligned_done);
+        records.extend(vectors_done);
         let mut vectors_on_records = Vec::new();
         if ev.vectors_on {
             for &arm in &exp.finetune.arms {
