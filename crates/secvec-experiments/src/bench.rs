@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use secvec_models::attention::build_attention_mask;
 use secvec_models::transformer::{int_tensor, positions_from_mask};
-use secvec_models::{GenerationConfig, Message, ModelSource, Sampling, generate, load_model};
+use secvec_models::{GenerationConfig, Message, Sampling, generate};
 use serde::Serialize;
 
 use crate::ModelArgs;
@@ -73,11 +73,20 @@ struct Report {
     command: String,
     model: String,
     backend: String,
+    dtype: String,
     cpus: usize,
     repeats: usize,
     cases: Vec<Case>,
     peak_rss_mib: Option<f64>,
     reference: Option<(String, f64)>,
+}
+
+/// `""` for f32 (the names results/ already uses), `-bf16` / `-f16` otherwise.
+pub fn dtype_suffix(p: secvec_models::Precision) -> String {
+    match p {
+        secvec_models::Precision::F32 => String::new(),
+        p => format!("-{p}"),
+    }
 }
 
 /// Peak resident memory of this process (Linux), MiB.
@@ -118,9 +127,9 @@ impl Job for BenchArgs {
         if self.what != BenchKind::Generate {
             return bench_train::<B>(&self, device, backend);
         }
-        let source = ModelSource::parse(&self.model.model)?;
-        let loaded =
-            load_model::<B::InnerBackend>(&source, self.model.cache_dir.as_deref(), &device)?;
+        let (source, mut loaded) = self.model.load::<B::InnerBackend>(&device, backend)?;
+        // Inference only: in bf16/f16 the weights are stored in that type too.
+        loaded.model = loaded.model.with_half_weights();
         let tok = &loaded.tokenizer;
         let prompt_text = tok.apply_chat_template(
             &[Message::user(
@@ -180,6 +189,7 @@ impl Job for BenchArgs {
             command: std::env::args().collect::<Vec<_>>().join(" "),
             model: source.display_name(),
             backend: backend.to_string(),
+            dtype: self.model.dtype.to_string(),
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -192,7 +202,7 @@ impl Job for BenchArgs {
         };
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("creating {}", self.out.display()))?;
-        let stem = format!("generation-{backend}");
+        let stem = format!("generation-{backend}{}", dtype_suffix(self.model.dtype));
         let json_path = self.out.join(format!("{stem}.json"));
         std::fs::write(&json_path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", json_path.display()))?;
@@ -207,11 +217,11 @@ impl Job for BenchArgs {
 
 fn markdown(r: &Report) -> String {
     let mut s = format!(
-        "# Generation benchmark: {} on {} ({} CPUs visible)\n\nCommand: `{}`\n\n\
+        "# Generation benchmark: {} on {} ({}, {} CPUs visible)\n\nCommand: `{}`\n\n\
          Median of {} runs after a warm-up; greedy decoding, no early stop.\n\n\
          | batch | prompt tokens | new tokens/row | prefill tokens/s | generate new tokens/s (incl. prefill) | decode tokens/s |\n\
          |---:|---:|---:|---:|---:|---:|\n",
-        r.model, r.backend, r.cpus, r.command, r.repeats
+        r.model, r.backend, r.dtype, r.cpus, r.command, r.repeats
     );
     for c in &r.cases {
         s += &format!(
@@ -241,6 +251,7 @@ struct TrainBench {
     command: String,
     model: String,
     backend: String,
+    dtype: String,
     case: String,
     cpus: usize,
     batch: usize,
@@ -264,8 +275,7 @@ fn bench_train<B: AutodiffBackend>(
     use secvec_core::adapter::{AdapterConfig, add_adapter, set_base_trainable};
     use secvec_core::train::{NoCallback, TrainConfig, TrainExample, train};
 
-    let source = ModelSource::parse(&args.model.model)?;
-    let loaded = load_model::<B>(&source, args.model.cache_dir.as_deref(), &device)?;
+    let (source, loaded) = args.model.load::<B>(&device, backend)?;
     let mut model = loaded.model;
     let (batch, seq_len) = (8, 64);
     let case = match args.what {
@@ -311,6 +321,7 @@ fn bench_train<B: AutodiffBackend>(
         command: std::env::args().collect::<Vec<_>>().join(" "),
         model: source.display_name(),
         backend: backend.to_string(),
+        dtype: args.model.dtype.to_string(),
         case: case.to_string(),
         cpus: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -327,18 +338,20 @@ fn bench_train<B: AutodiffBackend>(
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let stem = format!(
-        "train-{}-{backend}",
+        "train-{}-{backend}{}",
         if args.what == BenchKind::TrainLora {
             "lora"
         } else {
             "full"
-        }
+        },
+        dtype_suffix(args.model.dtype)
     );
     let mut md = format!(
-        "# Training benchmark: {} on {} ({} CPUs visible)\n\nCommand: `{}`\n\n{} — batch {} × {} tokens, \
+        "# Training benchmark: {} on {} ({}, {} CPUs visible)\n\nCommand: `{}`\n\n{} — batch {} × {} tokens, \
          median of {} steps after one warm-up step ({:.1}s).\n\n| tokens/s | s/step | peak RSS MiB |\n|---:|---:|---:|\n| {:.0} | {:.2} | {:.0} |\n",
         r.model,
         r.backend,
+        r.dtype,
         r.cpus,
         r.command,
         r.case,

@@ -22,7 +22,7 @@ use secvec_models::weights::random_llama;
 use secvec_models::{GenerationConfig, LlamaConfig, Sampling, generate};
 
 use crate::backend::{BackendKind, Job, dispatch};
-use crate::bench::{median, peak_rss_mib};
+use crate::bench::{dtype_suffix, median, peak_rss_mib};
 
 /// The benchmarked shapes.
 pub fn shape(name: &str) -> Result<LlamaConfig> {
@@ -44,6 +44,10 @@ pub struct SuiteArgs {
     /// Backend to measure.
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     pub backend: BackendKind,
+    /// Compute precision: f32, or bf16 / f16 mixed precision (half products, f32 master
+    /// weights; the torch reference's `--dtype bf16` is the same autocast scheme).
+    #[arg(long, default_value = "f32")]
+    pub dtype: secvec_models::Precision,
     /// Shapes (smollm2-135m, llama-1b).
     #[arg(long, value_delimiter = ',', default_value = "smollm2-135m,llama-1b")]
     pub shapes: Vec<String>,
@@ -168,11 +172,16 @@ impl Job for Child {
         let (shape_name, case) = (parts[0], parts[1]);
         let cfg = shape(shape_name)?;
         let a = &self.args;
+        secvec_models::precision::probe::<B>(a.dtype, &device).map_err(anyhow::Error::msg)?;
         let mut rng = StdRng::seed_from_u64(0);
         let vocab = cfg.vocab_size as u32;
         if case == "generate" {
             let batch: usize = parts.get(2).and_then(|b| b.parse().ok()).unwrap_or(1);
-            let model = random_llama::<B::InnerBackend>(&cfg, 0, &device);
+            // Inference: weights stored in the compute dtype, as the torch reference converts the
+            // model with `.to(bfloat16)` for generation.
+            let model = random_llama::<B::InnerBackend>(&cfg, 0, &device)
+                .with_precision(a.dtype)
+                .with_half_weights();
             let params = model.num_params();
             let prompts: Vec<Vec<u32>> = (0..batch)
                 .map(|_| {
@@ -214,7 +223,7 @@ impl Job for Child {
                 error: None,
             });
         }
-        let mut model = random_llama::<B>(&cfg, 0, &device);
+        let mut model = random_llama::<B>(&cfg, 0, &device).with_precision(a.dtype);
         let params = model.num_params();
         let full = match case {
             "train-lora" => {
@@ -337,13 +346,18 @@ pub fn run(args: SuiteArgs) -> Result<()> {
         let reference = load_reference(args.compare.as_deref())?;
         let stem = match &args.compare {
             Some(c) => format!(
-                "suite-{}-vs-{}",
+                "suite-{}{}-vs-{}",
                 report.backend,
+                dtype_suffix(report.dtype.parse().unwrap_or_default()),
                 c.file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default()
             ),
-            None => format!("suite-{}", report.backend),
+            None => format!(
+                "suite-{}{}",
+                report.backend,
+                dtype_suffix(report.dtype.parse().unwrap_or_default())
+            ),
         };
         let md = markdown(&report, reference.as_ref(), args.peak_tflops);
         std::fs::create_dir_all(&args.out)?;
@@ -374,10 +388,17 @@ pub fn run(args: SuiteArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating this binary")?;
     let mut results = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
-        eprintln!("[{}/{}] {spec} on {}", i + 1, specs.len(), args.backend);
+        eprintln!(
+            "[{}/{}] {spec} on {} ({})",
+            i + 1,
+            specs.len(),
+            args.backend,
+            args.dtype
+        );
         let mut cmd = Command::new(&exe);
         cmd.arg("bench-suite")
             .args(["--backend", &args.backend.to_string()])
+            .args(["--dtype", &args.dtype.to_string()])
             .args(["--child", spec])
             .args(["--prompt-tokens", &args.prompt_tokens.to_string()])
             .args(["--new-tokens", &args.new_tokens.to_string()])
@@ -455,7 +476,7 @@ pub fn run(args: SuiteArgs) -> Result<()> {
     let report = SuiteReport {
         tool: "secvec".into(),
         backend: args.backend.to_string(),
-        dtype: "f32".into(),
+        dtype: args.dtype.to_string(),
         device: device_name(),
         command: format!(
             "secvec-experiments {}",
@@ -466,7 +487,7 @@ pub fn run(args: SuiteArgs) -> Result<()> {
     let reference = load_reference(args.compare.as_deref())?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let stem = format!("suite-{}", args.backend);
+    let stem = format!("suite-{}{}", args.backend, dtype_suffix(args.dtype));
     let json = args.out.join(format!("{stem}.json"));
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", json.display()))?;
@@ -498,6 +519,13 @@ pub fn markdown(r: &SuiteReport, reference: Option<&SuiteReport>, peak: Option<f
             "Reference: {} on {} ({}), `{}`.\n\n",
             rf.tool, rf.device, rf.dtype, rf.command
         );
+        if rf.dtype != r.dtype {
+            s += &format!(
+                "**The precisions differ ({} here, {} in the reference): the ratio compares \
+                 unlike runs.**\n\n",
+                r.dtype, rf.dtype
+            );
+        }
     }
     s += "| shape | case | batch | tokens/s | warm-up s | model TFLOP/s |";
     if peak.is_some() {

@@ -20,7 +20,7 @@ use secvec_core::train::{
 use secvec_models::loader::load_hf_dir;
 use secvec_models::testing::{f32s, read_json, u32s};
 use secvec_models::weights::random_llama;
-use secvec_models::{GenerationConfig, Llama, Sampling, generate};
+use secvec_models::{GenerationConfig, Llama, Precision, Sampling, generate};
 
 use crate::backend::{BackendKind, Job, dispatch};
 use crate::bench_suite::shape;
@@ -39,6 +39,10 @@ pub struct CheckArgs {
     /// Training steps of the security-vector check.
     #[arg(long, default_value_t = 8)]
     pub train_steps: usize,
+    /// Half precisions to check against this backend's own f32 results (logits of the
+    /// SmolLM2-shaped model and the security-vector losses); empty to skip.
+    #[arg(long, value_delimiter = ',', default_value = "bf16,f16")]
+    pub dtypes: Vec<Precision>,
     #[arg(long, default_value = "results/benchmarks")]
     pub out: PathBuf,
 }
@@ -80,8 +84,14 @@ fn argmax_rows(flat: &[f32], vocab: usize) -> Vec<usize> {
 }
 
 /// Step losses of a short security-vector training on the tiny Llama fixture.
-fn sv_losses<B: AutodiffBackend>(dir: &Path, steps: usize, device: &B::Device) -> Result<Vec<f64>> {
-    let loaded = load_hf_dir::<B>(dir, device)?;
+fn sv_losses<B: AutodiffBackend>(
+    dir: &Path,
+    steps: usize,
+    precision: Precision,
+    device: &B::Device,
+) -> Result<Vec<f64>> {
+    let mut loaded = load_hf_dir::<B>(dir, device)?;
+    loaded.model = loaded.model.with_precision(precision);
     let corpus = Corpus::builtin(0);
     let pairs: Vec<TextPair> = corpus
         .split(Split::Sv)
@@ -247,7 +257,8 @@ impl Job for Checks {
 
         // 3. Short security-vector training on the tiny Llama.
         let t = Instant::now();
-        let losses = sv_losses::<B>(&a.fixtures.join("tiny-llama-bf16"), a.train_steps, &device)?;
+        let sv_dir = a.fixtures.join("tiny-llama-bf16");
+        let losses = sv_losses::<B>(&sv_dir, a.train_steps, Precision::F32, &device)?;
         let (first, last) = (losses[0], *losses.last().unwrap_or(&f64::NAN));
         let mut detail = format!("loss {first:.4} → {last:.4} over {} steps", losses.len());
         let mut ok = last < first && losses.iter().all(|l| l.is_finite());
@@ -264,6 +275,64 @@ impl Job for Checks {
             t,
             if ok { Ok(detail) } else { Err(detail) },
         );
+
+        // 4. Mixed precision against this backend's f32: the SmolLM2-shaped logits and the
+        //    security-vector losses. Flex measures logits 1.3e-2 (bf16) and 1.4e-3 (f16), losses
+        //    1.2e-4 and 4.6e-4; the logit bounds are 2–4× that, the loss bounds wider (a GPU sums
+        //    in another order and its half kernels may round differently).
+        for &p in &a.dtypes {
+            let t = Instant::now();
+            if let Err(e) = secvec_models::precision::probe::<B>(p, &device) {
+                push(&format!("{p} mixed precision"), t, Err(e));
+                continue;
+            }
+            let (logit_tol, loss_tol) = match p {
+                Precision::Bf16 => (3e-2, 5e-3),
+                _ => (5e-3, 2e-3),
+            };
+            let half = logits(&model.clone().with_precision(p), &ids);
+            let d = rel_diff(&half, &l);
+            let (am, fm) = (
+                argmax_rows(&half, cfg.vocab_size),
+                argmax_rows(&l, cfg.vocab_size),
+            );
+            let agree = am.iter().zip(&fm).filter(|(x, y)| x == y).count() as f64 / am.len() as f64;
+            let detail = format!(
+                "max relative logit difference vs {} f32 {d:.2e} (bound {logit_tol:.0e}); \
+                 argmax agreement {:.1}%",
+                a.backend,
+                100.0 * agree
+            );
+            push(
+                &format!("smollm2-135m shape (random), {p} vs f32"),
+                t,
+                if d > 0.0 && d <= logit_tol && agree >= 0.9 {
+                    Ok(detail)
+                } else {
+                    Err(detail)
+                },
+            );
+            let t = Instant::now();
+            let half_losses = sv_losses::<B>(&sv_dir, a.train_steps, p, &device)?;
+            let worst = half_losses
+                .iter()
+                .zip(&losses)
+                .fold(0f64, |m, (x, y)| m.max((x - y).abs() / y.abs().max(1e-6)));
+            let (hf, hl) = (half_losses[0], *half_losses.last().unwrap_or(&f64::NAN));
+            let detail = format!(
+                "loss {hf:.4} → {hl:.4}; max relative difference vs f32 per step {worst:.2e} \
+                 (bound {loss_tol:.0e})"
+            );
+            push(
+                &format!("security-vector training, {p}"),
+                t,
+                if hl < hf && worst <= loss_tol {
+                    Ok(detail)
+                } else {
+                    Err(detail)
+                },
+            );
+        }
         Ok((out, (l, losses)))
     }
 }

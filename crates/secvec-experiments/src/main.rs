@@ -59,6 +59,10 @@ pub struct ModelArgs {
     /// Compute backend (flex is the fastest CPU backend measured here; see results/benchmarks).
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
+    /// Compute precision: f32, or bf16 / f16 mixed precision (half-precision matrix products,
+    /// f32 weights). Needs a backend with half kernels (flex, cuda; not ndarray).
+    #[arg(long, default_value = "f32")]
+    dtype: secvec_models::Precision,
     /// Cache directory for fetched models (default: $SECVEC_CACHE_DIR or ~/.cache/secvec).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -98,11 +102,15 @@ impl ModelArgs {
     ) -> Result<(ModelSource, secvec_models::LoadedModel<B>)> {
         let t0 = Instant::now();
         let source = ModelSource::parse(&self.model)?;
-        let loaded = load_model::<B>(&source, self.cache_dir.as_deref(), device)
+        secvec_models::precision::probe::<B>(self.dtype, device)
+            .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
+        let mut loaded = load_model::<B>(&source, self.cache_dir.as_deref(), device)
             .with_context(|| format!("loading model `{}`", self.model))?;
+        loaded.model = loaded.model.with_precision(self.dtype);
         eprintln!(
-            "loaded {} on {backend} in {:.1}s",
+            "loaded {} on {backend} ({}) in {:.1}s",
             source.display_name(),
+            self.dtype,
             t0.elapsed().as_secs_f64()
         );
         Ok((source, loaded))
@@ -113,7 +121,9 @@ impl Job for GenerateArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
-        let (_, loaded) = self.model.load::<B::InnerBackend>(&device, backend)?;
+        let (_, mut loaded) = self.model.load::<B::InnerBackend>(&device, backend)?;
+        // Inference only: in bf16/f16 the weights are stored in that type too.
+        loaded.model = loaded.model.with_half_weights();
         let tok = &loaded.tokenizer;
         let prompts = self
             .prompt

@@ -65,6 +65,7 @@ impl PipelineArgs {
             description: "The `pipeline` command's experiment.".into(),
             model: self.model.model.clone(),
             backend: self.model.backend,
+            dtype: self.model.dtype,
             seed: self.seed,
             align: Some(AlignStage {
                 refusals: self.align_samples,

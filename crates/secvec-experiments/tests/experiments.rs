@@ -426,3 +426,39 @@ fn the_pipeline_command_runs_the_same_experiment_from_flags() {
     assert!(dir.join("pl/summary.md").is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--dtype bf16` runs every stage in mixed precision on flex, into `<name>-bf16/`, with its own
+/// cache entries; a backend without half kernels is refused up front.
+#[test]
+fn a_bf16_run_goes_to_its_own_folder_and_cache() {
+    let (dir, file) = setup("bf16", 8);
+    let out = run(&dir, &file, &["--dtype", "bf16", "--only", RUNS[2]], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exp = dir.join("results/tiny-bf16");
+    let m = read_metrics(&exp.join("runs").join(RUNS[2]).join("metrics.json"));
+    assert_eq!(m["config"]["dtype"], "bf16", "{m}");
+    assert!(
+        !dir.join("results/tiny").exists(),
+        "f32 results folder touched"
+    );
+    // The align and vector caches are keyed by the precision.
+    for stage in ["align", "vectors"] {
+        let entries: Vec<_> = std::fs::read_dir(dir.join("cache/experiments").join(stage))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(entries.len(), 1, "{stage}: {entries:?}");
+        let key: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(entries[0].join("key.json")).unwrap())
+                .unwrap();
+        assert_eq!(key["dtype"], "bf16", "{stage}: {key}");
+    }
+
+    let out = run(
+        &dir,
+        &file,
+        &["--backend", "ndarray", "--dtype", "f16", "--dry-run"],
+        &[],
+    );
+    assert_fails_with(&out, "ndarray backend lacks");
+}

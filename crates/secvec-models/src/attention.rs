@@ -5,6 +5,7 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData, activation::softmax, ba
 
 use crate::cache::KvCache;
 use crate::linear::Projection;
+use crate::precision::Precision;
 use crate::rope::RotaryEmbedding;
 
 /// Self-attention of one decoder layer.
@@ -55,7 +56,8 @@ pub fn build_attention_mask<B: Backend>(
 
 impl<B: Backend> Attention<B> {
     /// `x`: `[batch, seq, hidden]`; `positions`: `[batch, seq]`; `mask`: `[batch, 1, seq, past +
-    /// seq]` from [`build_attention_mask`].
+    /// seq]` from [`build_attention_mask`]. The two attention products run in `precision`
+    /// (and the KV cache holds keys and values in that dtype); masking and softmax run in f32.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -63,28 +65,31 @@ impl<B: Backend> Attention<B> {
         positions: &Tensor<B, 2, Int>,
         mask: &Tensor<B, 4, Bool>,
         cache: Option<(&mut KvCache<B>, usize)>,
+        precision: Precision,
     ) -> Tensor<B, 3> {
+        let p = precision;
         let [batch, seq, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let group = nh / nkv;
 
         let q = self
             .q_proj
-            .forward(x.clone())
+            .forward(x.clone(), p)
             .reshape([batch, seq, nh, hd])
             .swap_dims(1, 2);
         let k = self
             .k_proj
-            .forward(x.clone())
+            .forward(x.clone(), p)
             .reshape([batch, seq, nkv, hd])
             .swap_dims(1, 2);
         let v = self
             .v_proj
-            .forward(x)
+            .forward(x, p)
             .reshape([batch, seq, nkv, hd])
             .swap_dims(1, 2);
-        let q = rope.apply(q, positions);
-        let k = rope.apply(k, positions);
+        let q = p.to_compute(rope.apply(q, positions));
+        let k = p.to_compute(rope.apply(k, positions));
+        let v = p.to_compute(v);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
@@ -95,18 +100,19 @@ impl<B: Backend> Attention<B> {
         // sharing a KV head are stacked along the sequence axis (head h uses KV head h / group,
         // as transformers' `repeat_kv`).
         let q = q.reshape([batch, nkv, group * seq, hd]);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
+        let scores = p
+            .to_f32(q.matmul(k.swap_dims(2, 3)))
             .mul_scalar(1.0 / (hd as f64).sqrt())
             .reshape([batch, nh, seq, total]);
         let fill = masked_value(scores.dtype());
         let scores = scores.mask_fill(mask.clone().expand([batch, nh, seq, total]), fill);
-        let probs = softmax(scores, 3).reshape([batch, nkv, group * seq, total]);
+        let probs = p.to_compute(softmax(scores, 3).reshape([batch, nkv, group * seq, total]));
+        // `out` stays in the compute dtype: o_proj's own cast is then a no-op.
         let out = probs
             .matmul(v)
             .reshape([batch, nh, seq, hd])
             .swap_dims(1, 2)
             .reshape([batch, seq, nh * hd]);
-        self.o_proj.forward(out)
+        self.o_proj.forward(out, p)
     }
 }

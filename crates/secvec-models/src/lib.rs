@@ -11,6 +11,7 @@
 //!   vectors in `secvec-core`);
 //! - loading from GGUF ([`gguf`], [`gguf_source`]) and Hugging Face directories ([`hf`]);
 //!   [`loader::load_model`] takes either, or a known name fetched by [`registry`];
+//! - f32 or mixed-precision (bf16/f16 products, f32 master weights) compute, [`precision`];
 //! - tokenizer and chat templates ([`tokenizer`], [`chat`]);
 //! - batched KV-cache generation ([`generation`], [`sampling`]).
 
@@ -27,6 +28,7 @@ pub mod linear;
 pub mod loader;
 pub mod mlp;
 pub mod norm;
+pub mod precision;
 pub mod registry;
 pub mod rope;
 pub mod sampling;
@@ -41,6 +43,7 @@ pub use error::{ModelError, Result};
 pub use generation::{Generated, GenerationConfig, generate};
 pub use linear::{LoraAdapter, Projection, ProjectionId, ProjectionKind};
 pub use loader::{LoadedModel, ModelSource, load_model};
+pub use precision::Precision;
 pub use sampling::Sampling;
 pub use tokenizer::TextTokenizer;
 pub use transformer::Llama;

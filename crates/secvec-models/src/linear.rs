@@ -11,6 +11,8 @@ use std::fmt;
 use burn::module::{Module, Param};
 use burn::tensor::{Distribution, Tensor, backend::Backend};
 
+use crate::precision::Precision;
+
 /// The seven projections of a Llama-family decoder layer, named as in Hugging Face checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProjectionKind {
@@ -117,8 +119,9 @@ impl<B: Backend> LoraAdapter<B> {
         self.a.dims()[1]
     }
 
-    /// The adapter's contribution for a 2-D input `[n, d_in]`.
-    pub fn delta(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// The adapter's contribution for a 2-D f32 input `[n, d_in]`, computed in `precision`
+    /// and returned in f32.
+    pub fn delta(&self, x: Tensor<B, 2>, precision: Precision) -> Tensor<B, 2> {
         let x = if self.dropout > 0.0 && B::ad_enabled(&x.device()) {
             let keep = 1.0 - self.dropout;
             let mask = x.random_like(Distribution::Bernoulli(keep));
@@ -126,8 +129,9 @@ impl<B: Backend> LoraAdapter<B> {
         } else {
             x
         };
-        x.matmul(self.a.val())
-            .matmul(self.b.val())
+        let p = precision;
+        let xa = p.to_compute(x).matmul(p.to_compute(self.a.val()));
+        p.to_f32(xa.matmul(p.to_compute(self.b.val())))
             .mul_scalar(self.scaling)
     }
 }
@@ -154,17 +158,18 @@ impl<B: Backend> Projection<B> {
         self.weight.dims()[1]
     }
 
-    /// Applies the projection to `[batch, seq, d_in]`.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// Applies the projection to `[batch, seq, d_in]`; the product runs in `precision`, the
+    /// output is f32 (see [`Precision`]).
+    pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
         let [batch, seq, d_in] = x.dims();
         // One 2-D GEMM over all tokens is the fastest path on every backend.
         let x = x.reshape([batch * seq, d_in]);
-        let mut y = x.clone().matmul(self.weight.val());
+        let mut y = precision.matmul(x.clone(), self.weight.val());
         if let Some(bias) = &self.bias {
-            y = y + bias.val().unsqueeze::<2>();
+            y = y + precision.to_f32(bias.val()).unsqueeze::<2>();
         }
         for adapter in self.adapters.iter().filter(|a| a.active) {
-            y = y + adapter.delta(x.clone());
+            y = y + adapter.delta(x.clone(), precision);
         }
         y.reshape([batch, seq, self.d_out()])
     }

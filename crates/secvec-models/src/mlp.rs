@@ -4,6 +4,7 @@ use burn::module::Module;
 use burn::tensor::{Tensor, activation::silu, backend::Backend};
 
 use crate::linear::Projection;
+use crate::precision::Precision;
 
 /// `down(silu(gate(x)) · up(x))`.
 #[derive(Module, Debug)]
@@ -14,8 +15,9 @@ pub struct Mlp<B: Backend> {
 }
 
 impl<B: Backend> Mlp<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+    pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone(), precision));
+        self.down_proj
+            .forward(gate * self.up_proj.forward(x, precision), precision)
     }
 }

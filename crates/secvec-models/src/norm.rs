@@ -3,6 +3,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::precision::Precision;
+
 /// `y = x / sqrt(mean(x²) + eps) · weight` over the last dimension.
 #[derive(Module, Debug)]
 pub struct RmsNorm<B: Backend> {
@@ -11,9 +13,11 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+    /// Computed in f32 (`precision` only says whether the weight may be stored in half, see
+    /// [`Llama::with_half_weights`](crate::Llama::with_half_weights)).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>, precision: Precision) -> Tensor<B, D> {
         let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
         let normed = x * variance.add_scalar(self.eps).sqrt().recip();
-        normed * self.weight.val().unsqueeze::<D>()
+        normed * precision.to_f32(self.weight.val()).unsqueeze::<D>()
     }
 }

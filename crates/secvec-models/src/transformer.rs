@@ -1,7 +1,9 @@
 //! The Llama-family decoder: embeddings, decoder layers, final norm and LM head.
 
-use burn::module::{Module, Param};
-use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend, module::embedding};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{
+    Bool, FloatDType, Int, Tensor, TensorData, backend::Backend, module::embedding,
+};
 
 use crate::attention::{Attention, build_attention_mask};
 use crate::cache::KvCache;
@@ -9,6 +11,7 @@ use crate::config::LlamaConfig;
 use crate::linear::{Projection, ProjectionId, ProjectionKind};
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
+use crate::precision::Precision;
 use crate::rope::RotaryEmbedding;
 
 /// One pre-norm decoder layer.
@@ -28,16 +31,22 @@ impl<B: Backend> DecoderLayer<B> {
         positions: &Tensor<B, 2, Int>,
         mask: &Tensor<B, 4, Bool>,
         cache: Option<(&mut KvCache<B>, usize)>,
+        precision: Precision,
     ) -> Tensor<B, 3> {
         let h = x.clone()
             + self.self_attn.forward(
-                self.input_layernorm.forward(x),
+                self.input_layernorm.forward(x, precision),
                 rope,
                 positions,
                 mask,
                 cache,
+                precision,
             );
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        h.clone()
+            + self.mlp.forward(
+                self.post_attention_layernorm.forward(h, precision),
+                precision,
+            )
     }
 
     pub fn projection(&self, kind: ProjectionKind) -> &Projection<B> {
@@ -75,6 +84,9 @@ pub struct Llama<B: Backend> {
     /// `[hidden, vocab]`; `None` when the head is tied to `embed_tokens`.
     pub lm_head: Option<Param<Tensor<B, 2>>>,
     pub rope: RotaryEmbedding<B>,
+    /// The precision matrix products run in; parameters stay f32 (see [`Precision`]). Set it
+    /// with [`Llama::with_precision`]; it survives `valid()` and autodiff conversion.
+    pub precision: Precision,
 }
 
 /// Absolute positions of left- or right-padded rows: each real token's index among the real
@@ -109,6 +121,34 @@ pub fn int_tensor<B: Backend>(rows: &[Vec<i64>], device: &B::Device) -> Tensor<B
 }
 
 impl<B: Backend> Llama<B> {
+    /// The same model computing in `precision` (parameters are not converted).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    /// Stores every parameter (adapters included) in the compute dtype, halving the memory and
+    /// the bandwidth of inference; products then need no casts. Norms, softmax and the residual
+    /// stream still run in f32. For inference only: training needs f32 master weights (an
+    /// optimizer step on bf16 weights loses updates smaller than 2⁻⁸ of the weight). A no-op in
+    /// f32.
+    pub fn with_half_weights(self) -> Self {
+        let Some(dtype) = self.precision.compute_dtype() else {
+            return self;
+        };
+        struct Cast(FloatDType);
+        impl<B: Backend> ModuleMapper<B> for Cast {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                let (id, tensor, mapper) = param.consume();
+                Param::from_mapped_value(id, tensor.cast(self.0), mapper)
+            }
+        }
+        self.map(&mut Cast(dtype))
+    }
+
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
@@ -137,21 +177,24 @@ impl<B: Backend> Llama<B> {
         mask: &Tensor<B, 4, Bool>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let mut x = embedding(self.embed_tokens.val(), ids);
+        let mut x = self
+            .precision
+            .to_f32(embedding(self.embed_tokens.val(), ids));
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = layer.forward(x, &self.rope, positions, mask, layer_cache);
+            x = layer.forward(x, &self.rope, positions, mask, layer_cache, self.precision);
         }
-        self.norm.forward(x)
+        self.norm.forward(x, self.precision)
     }
 
     /// Logits `[batch, seq, vocab]` of hidden states `[batch, seq, hidden]`.
     pub fn lm_head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, d] = hidden.dims();
         let h = hidden.reshape([batch * seq, d]);
+        let p = self.precision;
         let logits = match &self.lm_head {
-            Some(head) => h.matmul(head.val()),
-            None => h.matmul(self.embed_tokens.val().transpose()),
+            Some(head) => p.matmul(h, head.val()),
+            None => p.matmul(h, self.embed_tokens.val().transpose()),
         };
         logits.reshape([batch, seq, self.vocab_size()])
     }

@@ -16,6 +16,7 @@ use crate::error::{ModelError, Result};
 use crate::linear::Projection;
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
+use crate::precision::Precision;
 use crate::rope::RotaryEmbedding;
 use crate::transformer::{DecoderLayer, Llama};
 
@@ -176,6 +177,7 @@ pub fn build_llama<B: Backend>(
         },
         lm_head,
         rope: RotaryEmbedding::new(config, device),
+        precision: Precision::F32,
     })
 }
 
@@ -238,5 +240,6 @@ pub fn random_llama<B: Backend>(config: &LlamaConfig, seed: u64, device: &B::Dev
         },
         lm_head,
         rope: RotaryEmbedding::new(config, device),
+        precision: Precision::F32,
     }
 }

@@ -44,6 +44,33 @@ pub struct TrainConfig {
     pub eval_every: Option<usize>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Dynamic loss scaling, used only when the model computes in f16 (see
+    /// [`secvec_models::Precision`]); bf16 and f32 need none.
+    pub loss_scale: LossScaleConfig,
+}
+
+/// Dynamic loss scaling for f16 training, with PyTorch `GradScaler`'s defaults: the loss is
+/// multiplied by `scale` before the backward pass and the gradients divided by it after; a step
+/// whose gradients overflow is skipped and the scale halved; after `growth_interval` good steps
+/// in a row the scale doubles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossScaleConfig {
+    pub init: f64,
+    pub growth_interval: usize,
+    /// Training fails after this many skipped steps in a row (the gradients are not finite at
+    /// any scale: a real divergence, not an f16 overflow).
+    pub max_consecutive_skips: usize,
+}
+
+impl Default for LossScaleConfig {
+    fn default() -> Self {
+        Self {
+            init: 65536.0,
+            growth_interval: 2000,
+            max_consecutive_skips: 24,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -65,6 +92,7 @@ impl Default for TrainConfig {
             seed: 0,
             eval_every: None,
             progress: true,
+            loss_scale: LossScaleConfig::default(),
         }
     }
 }
@@ -94,6 +122,16 @@ impl TrainConfig {
             && (n.is_nan() || n <= 0.0)
         {
             return Err(format!("max_grad_norm must be positive, got {n}"));
+        }
+        let ls = &self.loss_scale;
+        if !(ls.init.is_finite() && ls.init > 0.0) {
+            return Err(format!("loss_scale.init must be positive, got {}", ls.init));
+        }
+        if ls.growth_interval == 0 || ls.max_consecutive_skips == 0 {
+            return Err(
+                "loss_scale.growth_interval and loss_scale.max_consecutive_skips must be positive"
+                    .into(),
+            );
         }
         Ok(())
     }

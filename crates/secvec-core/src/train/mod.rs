@@ -14,7 +14,7 @@ pub mod phases;
 pub mod trainer;
 
 pub use batch::{TextPair, TrainExample, encode_pairs};
-pub use config::{Schedule, TrainConfig};
+pub use config::{LossScaleConfig, Schedule, TrainConfig};
 pub use phases::{
     FinetuneConfig, FinetuneMode, SecurityVectorConfig, SecurityVectors, finetune,
     set_security_vectors, train_security_vectors,

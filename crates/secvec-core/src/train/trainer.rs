@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use secvec_models::Llama;
 
 use super::batch::{TrainExample, make_batch};
-use super::config::TrainConfig;
+use super::config::{LossScaleConfig, TrainConfig};
 use super::loss::response_nll_sum;
 use crate::error::{CoreError, Result};
 
@@ -30,6 +30,13 @@ pub struct StepLog {
     /// Real input tokens processed in this step.
     pub tokens: usize,
     pub seconds: f64,
+    /// f16 only: the loss scale this step's backward pass used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// f16 only: the gradients overflowed at this scale and the update was skipped (the
+    /// learning-rate schedule still advances, as with PyTorch's `GradScaler`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
 }
 
 /// Summary of a training run.
@@ -39,6 +46,9 @@ pub struct TrainReport {
     pub seconds: f64,
     pub tokens: usize,
     pub tokens_per_second: f64,
+    /// Optimizer steps skipped because f16 gradients overflowed (0 outside f16).
+    #[serde(default)]
+    pub skipped_steps: usize,
 }
 
 impl TrainReport {
@@ -95,6 +105,51 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
     }
 }
 
+/// Dynamic loss-scale state (see [`LossScaleConfig`]).
+struct LossScaler {
+    scale: f64,
+    good_steps: usize,
+    skips_in_a_row: usize,
+    cfg: LossScaleConfig,
+}
+
+impl LossScaler {
+    fn new(cfg: &LossScaleConfig) -> Self {
+        Self {
+            scale: cfg.init,
+            good_steps: 0,
+            skips_in_a_row: 0,
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// After a step with finite gradients.
+    fn finite(&mut self) {
+        self.skips_in_a_row = 0;
+        self.good_steps += 1;
+        if self.good_steps == self.cfg.growth_interval {
+            self.scale *= 2.0;
+            self.good_steps = 0;
+        }
+    }
+
+    /// After a step whose gradients overflowed; an error once that has happened too often in a
+    /// row.
+    fn overflowed(&mut self) -> std::result::Result<(), String> {
+        self.skips_in_a_row += 1;
+        self.good_steps = 0;
+        if self.skips_in_a_row >= self.cfg.max_consecutive_skips {
+            return Err(format!(
+                "f16 gradients in {} steps in a row, down to loss scale {:e} (train in bf16, or \
+                 lower the learning rate)",
+                self.skips_in_a_row, self.scale
+            ));
+        }
+        self.scale *= 0.5;
+        Ok(())
+    }
+}
+
 /// The global L2 norm of all gradients (as `torch.nn.utils.clip_grad_norm_` computes it).
 pub fn global_grad_norm<B: AutodiffBackend>(model: &Llama<B>, grads: &GradientsParams) -> f64 {
     let mut v = GradNorm::<B> { grads, sum: None };
@@ -143,6 +198,10 @@ pub fn train<B: AutodiffBackend>(
         .init::<B, Llama<B>>();
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     B::seed(&device, cfg.seed);
+    let mut scaler = model
+        .precision
+        .needs_loss_scaling()
+        .then(|| LossScaler::new(&cfg.loss_scale));
 
     let bar = if cfg.progress {
         let bar = ProgressBar::new(total as u64);
@@ -188,7 +247,10 @@ pub fn train<B: AutodiffBackend>(
             // Token-weighted: every trained token of the step counts the same, whatever its
             // micro-batch.
             let loss = nll.div_scalar(n_targets as f64);
-            let grads = loss.backward();
+            let grads = match &scaler {
+                Some(s) => loss.clone().mul_scalar(s.scale).backward(),
+                None => loss.backward(),
+            };
             loss_sum += loss.inner().into_scalar_f64();
             accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
         }
@@ -200,25 +262,48 @@ pub fn train<B: AutodiffBackend>(
             });
         }
         let mut grads = accumulator.grads();
-        let grad_norm = global_grad_norm(&model, &grads);
-        if !grad_norm.is_finite() {
+        let raw_norm = global_grad_norm(&model, &grads);
+        let loss_scale = scaler.as_ref().map(|s| s.scale);
+        // Gradients of an f16 step overflowed: skip the update and lower the scale.
+        let skipped = scaler.is_some() && !raw_norm.is_finite();
+        if let Some(s) = scaler.as_mut() {
+            if skipped {
+                if let Err(what) = s.overflowed() {
+                    bar.abandon();
+                    return Err(CoreError::NonFinite { step, what });
+                }
+            } else {
+                s.finite();
+            }
+        }
+        let grad_norm = raw_norm / loss_scale.unwrap_or(1.0);
+        if !skipped && !grad_norm.is_finite() {
             bar.abandon();
             return Err(CoreError::NonFinite {
                 step,
                 what: format!("gradient norm {grad_norm} (loss {loss_sum:.4})"),
             });
         }
-        if let Some(max) = cfg.max_grad_norm
-            && grad_norm > max
-        {
-            let mut scale = ScaleGrads {
-                grads: &mut grads,
-                factor: max / (grad_norm + 1e-6),
-            };
-            model.visit(&mut scale);
-        }
         let lr = cfg.lr_at(step, total);
-        model = optimizer.step(lr, model, grads);
+        if !skipped {
+            // Unscale (f16) and clip in one pass over the gradients.
+            let mut factor = 1.0 / loss_scale.unwrap_or(1.0);
+            if let Some(max) = cfg.max_grad_norm
+                && grad_norm > max
+            {
+                factor *= max / (grad_norm + 1e-6);
+            }
+            if factor != 1.0 {
+                let mut scale = ScaleGrads {
+                    grads: &mut grads,
+                    factor,
+                };
+                model.visit(&mut scale);
+            }
+            model = optimizer.step(lr, model, grads);
+        } else {
+            report.skipped_steps += 1;
+        }
         let log = StepLog {
             step,
             epoch,
@@ -227,6 +312,8 @@ pub fn train<B: AutodiffBackend>(
             grad_norm,
             tokens,
             seconds: step_start.elapsed().as_secs_f64(),
+            loss_scale,
+            skipped,
         };
         report.tokens += tokens;
         let elapsed = started.elapsed().as_secs_f64();

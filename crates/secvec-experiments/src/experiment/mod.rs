@@ -9,7 +9,7 @@ pub mod schema;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::backend::{BackendKind, dispatch};
 use grid::RunSpec;
@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// Override the file's backend.
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
+    /// Override the file's compute precision (f32, bf16, f16). Results then go to
+    /// `<name>-<dtype>/`, so they never mix with the file's own.
+    #[arg(long)]
+    pub dtype: Option<secvec_models::Precision>,
     /// Cache directory for models and cached stages (default: $SECVEC_CACHE_DIR or ~/.cache/secvec).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -99,6 +103,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         exp.backend = b;
         exp.sweep.retain(|a| a.field != "backend");
     }
+    if let Some(d) = args.dtype
+        && d != exp.dtype
+    {
+        exp.name = Some(format!("{}-{d}", exp.name()));
+        exp.dtype = d;
+        exp.sweep.retain(|a| a.field != "dtype");
+    }
+    exp.validate()
+        .with_context(|| format!("{} with the command-line overrides", args.file.display()))?;
     let runs = grid::expand(&exp)?;
     let exp_dir = args.results.join(exp.name());
     if args.dry_run {

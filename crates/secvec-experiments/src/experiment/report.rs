@@ -120,7 +120,13 @@ pub fn markdown(
         md += &format!("{}\n\n", exp.description.trim());
     }
     let backends: Vec<String> = {
-        let mut b: Vec<String> = runs.iter().map(|r| r.backend.clone()).collect();
+        let mut b: Vec<String> = runs
+            .iter()
+            .map(|r| match r.config.dtype {
+                secvec_models::Precision::F32 => r.backend.clone(),
+                d => format!("{} ({d})", r.backend),
+            })
+            .collect();
         b.dedup();
         b
     };

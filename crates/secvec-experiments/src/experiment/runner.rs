@@ -542,6 +542,15 @@ fn train_cfg(exp: &Experiment, lr: f64, epochs: usize, batch_size: usize) -> Tra
     }
 }
 
+/// A cache key with the compute precision added when it is not f32 (so the keys of f32 entries,
+/// made before half precision existed, stay valid).
+fn cache_key(exp: &Experiment, mut key: serde_json::Value) -> serde_json::Value {
+    if exp.dtype != secvec_models::Precision::F32 {
+        key["dtype"] = serde_json::json!(exp.dtype);
+    }
+    key
+}
+
 /// Trains `stage` or loads it from the cache; returns the model with adapter `name` attached
 /// (trained, frozen) and the training summary.
 #[allow(clippy::too_many_arguments)]
@@ -631,8 +640,11 @@ impl SweepJob {
             secvec_models::registry::cache_dir(self.cache_dir.as_deref()).join("experiments");
         let source = ModelSource::parse(&exp.model)?;
         let t0 = Instant::now();
-        let loaded = load_model::<B>(&source, self.cache_dir.as_deref(), device)
+        secvec_models::precision::probe::<B>(exp.dtype, device)
+            .map_err(|e| anyhow::anyhow!("dtype: {e}"))?;
+        let mut loaded = load_model::<B>(&source, self.cache_dir.as_deref(), device)
             .with_context(|| format!("loading model `{}`", exp.model))?;
+        loaded.model = loaded.model.with_precision(exp.dtype);
         eprintln!(
             "  loaded {} in {:.1}s",
             source.display_name(),
@@ -755,15 +767,18 @@ impl SweepJob {
                 };
                 let mut align_data = data.align_refusals.clone();
                 align_data.extend(data.align_benign.iter().cloned());
-                let key = serde_json::json!({
-                    "version": CACHE_VERSION,
-                    "model": source.display_name(),
-                    "stage": a,
-                    "seed": exp.seed,
-                    "max_len": exp.max_len,
-                    "system_prompt": exp.system_prompt,
-                    "data": samples_digest(&align_data),
-                });
+                let key = cache_key(
+                    exp,
+                    serde_json::json!({
+                        "version": CACHE_VERSION,
+                        "model": source.display_name(),
+                        "stage": a,
+                        "seed": exp.seed,
+                        "max_len": exp.max_len,
+                        "system_prompt": exp.system_prompt,
+                        "data": samples_digest(&align_data),
+                    }),
+                );
                 let tc = train_cfg(exp, a.lr, a.epochs, a.batch_size);
                 let examples = encode(&align_data)?;
                 let (mut m, summary, h) = cached_adapter(
@@ -802,16 +817,19 @@ impl SweepJob {
                     seed: exp.seed + 1,
                     ..AdapterConfig::default()
                 };
-                let key = serde_json::json!({
-                    "version": CACHE_VERSION,
-                    "model": source.display_name(),
-                    "align": align_hash,
-                    "stage": s,
-                    "seed": exp.seed,
-                    "max_len": exp.max_len,
-                    "system_prompt": exp.system_prompt,
-                    "data": samples_digest(&data.sv),
-                });
+                let key = cache_key(
+                    exp,
+                    serde_json::json!({
+                        "version": CACHE_VERSION,
+                        "model": source.display_name(),
+                        "align": align_hash,
+                        "stage": s,
+                        "seed": exp.seed,
+                        "max_len": exp.max_len,
+                        "system_prompt": exp.system_prompt,
+                        "data": samples_digest(&data.sv),
+                    }),
+                );
                 let sv_cfg = SecurityVectorConfig {
                     adapter: cfg.clone(),
                     train: train_cfg(exp, s.lr, s.epochs, s.batch_size),

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
 use secvec_core::train::phases::all_targets;
+use secvec_models::Precision;
 
 /// A whole experiment: a pipeline and the grid it is swept over.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,9 +27,10 @@ pub struct Experiment {
     pub model: String,
     /// ndarray | flex | wgpu | vulkan | cuda (the binary must be built with its feature).
     pub backend: BackendKind,
-    /// Compute precision. Only `f32` runs today; the field is here so files stay valid when
-    /// half precision lands.
-    pub dtype: DType,
+    /// Compute precision: `f32`, or `bf16` / `f16` mixed precision (half-precision products,
+    /// f32 master weights; f16 trains with dynamic loss scaling). The backend must support it
+    /// (flex and CUDA do; ndarray does not, wgpu has no bf16); it is checked before the run.
+    pub dtype: Precision,
     /// Seed of the built-in corpus, data mixing, adapter initialisation and data order.
     pub seed: u64,
     /// Truncate training sequences to this many tokens.
@@ -53,7 +55,7 @@ impl Default for Experiment {
             description: String::new(),
             model: "smollm2-135m-instruct".into(),
             backend: BackendKind::default(),
-            dtype: DType::F32,
+            dtype: Precision::F32,
             seed: 0,
             max_len: 160,
             system_prompt: None,
@@ -65,15 +67,6 @@ impl Default for Experiment {
             expect: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DType {
-    #[default]
-    F32,
-    F16,
-    Bf16,
 }
 
 /// Where a stage's samples come from.
@@ -460,9 +453,10 @@ impl Experiment {
 
     /// Checks values a type cannot: ranges, names, consistency. Messages name the field.
     pub fn validate(&self) -> Result<()> {
-        if self.dtype != DType::F32 {
+        if self.dtype != Precision::F32 && self.backend == BackendKind::Ndarray {
             bail!(
-                "dtype: only f32 is implemented (got {:?}); half precision is not supported yet",
+                "dtype: {} needs half-precision kernels, which the ndarray backend lacks; use \
+                 `backend: flex` (CPU) or a GPU backend",
                 self.dtype
             );
         }
@@ -662,7 +656,7 @@ mod tests {
             ("(finetune: (total: 100, ratio: 1.5))", "finetune.ratio"),
             ("(finetune: (arms: []))", "finetune.arms"),
             ("(evaluate: (judge: \"llm\"))", "evaluate.judge"),
-            ("(dtype: bf16)", "dtype"),
+            ("(backend: ndarray, dtype: bf16)", "dtype"),
             ("(align: (lr: 0.0))", "align.lr"),
             (
                 "(sweep: [(field: \"a.seed\", values: [1]), (field: \"seed\", values: [2])])",
