@@ -282,6 +282,45 @@ impl Job for Child {
     }
 }
 
+/// A case that did not produce a measurement.
+fn failed_case(
+    shape: &str,
+    case: &str,
+    batch: usize,
+    peak_gpu_mib: Option<f64>,
+    error: String,
+) -> CaseResult {
+    CaseResult {
+        shape: shape.into(),
+        case: case.into(),
+        batch,
+        tokens_per_s: 0.0,
+        warmup_seconds: 0.0,
+        seconds: 0.0,
+        params: 0,
+        trainable_params: 0,
+        model_tflops: None,
+        peak_host_mib: None,
+        peak_gpu_mib,
+        error: Some(error),
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo (Linux), MiB.
+fn mem_available_mib() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Full fine-tuning's memory in f32 without activations: weights, gradients, two AdamW moments
+/// and the new weights the update writes before the old ones are freed (20 bytes per parameter).
+/// MiB.
+fn full_finetune_mib(cfg: &LlamaConfig) -> f64 {
+    param_count(cfg) as f64 * 20.0 / (1024.0 * 1024.0)
+}
+
 /// GPU memory used by process `pid` according to nvidia-smi, MiB.
 fn gpu_mib(pid: u32) -> Option<f64> {
     let out = Command::new("nvidia-smi")
@@ -388,6 +427,26 @@ pub fn run(args: SuiteArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating this binary")?;
     let mut results = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
+        // Full fine-tuning of a large shape can exceed a CPU machine's memory; the kernel's OOM
+        // killer would then take this or another process. Skip it with the reason instead.
+        let parts: Vec<&str> = spec.split(':').collect();
+        if parts[1] == "train-full"
+            && matches!(args.backend, BackendKind::Flex | BackendKind::Ndarray)
+            && let Some(avail) = mem_available_mib()
+        {
+            let need = full_finetune_mib(&shape(parts[0])?);
+            if need > 0.9 * avail {
+                let msg = format!(
+                    "skipped: needs ≈{:.0} GiB before activations (f32 weights, gradients, AdamW \
+                     moments, updated weights), {:.0} GiB available",
+                    need / 1024.0,
+                    avail / 1024.0
+                );
+                eprintln!("[{}/{}] {spec}: {msg}", i + 1, specs.len());
+                results.push(failed_case(parts[0], parts[1], args.train_batch, None, msg));
+                continue;
+            }
+        }
         eprintln!(
             "[{}/{}] {spec} on {} ({})",
             i + 1,
@@ -435,32 +494,24 @@ pub fn run(args: SuiteArgs) -> Result<()> {
             .lines()
             .find_map(|l| l.strip_prefix("SECVEC_CASE "))
             .and_then(|j| serde_json::from_str::<CaseResult>(j).ok());
-        let parts: Vec<&str> = spec.split(':').collect();
         let r = match (status, parsed) {
             (Some(st), Some(mut r)) if st.success() => {
                 r.peak_gpu_mib = peak_gpu;
                 r
             }
-            (status, _) => CaseResult {
-                shape: parts[0].into(),
-                case: parts[1].into(),
-                batch: parts
+            (status, _) => failed_case(
+                parts[0],
+                parts[1],
+                parts
                     .get(2)
                     .and_then(|b| b.parse().ok())
                     .unwrap_or(args.train_batch),
-                tokens_per_s: 0.0,
-                warmup_seconds: 0.0,
-                seconds: 0.0,
-                params: 0,
-                trainable_params: 0,
-                model_tflops: None,
-                peak_host_mib: None,
-                peak_gpu_mib: peak_gpu,
-                error: Some(match status {
+                peak_gpu,
+                match status {
                     None => format!("timed out after {} s", args.case_timeout),
                     Some(st) => format!("failed ({st})"),
-                }),
-            },
+                },
+            ),
         };
         eprintln!(
             "    {:.1} tokens/s, warm-up {:.1}s{}",
@@ -590,7 +641,6 @@ pub fn markdown(r: &SuiteReport, reference: Option<&SuiteReport>, peak: Option<f
 }
 
 /// Parameters of a Llama shape, counted from the config (tied head counted once).
-#[cfg(test)]
 fn param_count(c: &LlamaConfig) -> usize {
     let (d, kv) = (c.hidden_size, c.num_kv_heads * c.head_dim);
     let q = c.num_heads * c.head_dim;
@@ -621,6 +671,10 @@ mod tests {
         );
         assert_eq!(model.num_params(), 134_515_008);
         assert!(shape("gpt-5").is_err());
+        // 20 bytes per parameter: 1B full fine-tuning needs ≥ 23 GiB before activations.
+        let gib = |s| full_finetune_mib(&shape(s).unwrap()) / 1024.0;
+        assert!((gib("llama-1b") - 23.02).abs() < 0.01, "{}", gib("llama-1b"));
+        assert!((gib("smollm2-135m") - 2.51).abs() < 0.01, "{}", gib("smollm2-135m"));
     }
 
     fn case(shape: &str, case: &str, batch: usize, tps: f64) -> CaseResult {
