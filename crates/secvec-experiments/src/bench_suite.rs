@@ -673,8 +673,16 @@ mod tests {
         assert!(shape("gpt-5").is_err());
         // 20 bytes per parameter: 1B full fine-tuning needs ≥ 23 GiB before activations.
         let gib = |s| full_finetune_mib(&shape(s).unwrap()) / 1024.0;
-        assert!((gib("llama-1b") - 23.02).abs() < 0.01, "{}", gib("llama-1b"));
-        assert!((gib("smollm2-135m") - 2.51).abs() < 0.01, "{}", gib("smollm2-135m"));
+        assert!(
+            (gib("llama-1b") - 23.02).abs() < 0.01,
+            "{}",
+            gib("llama-1b")
+        );
+        assert!(
+            (gib("smollm2-135m") - 2.51).abs() < 0.01,
+            "{}",
+            gib("smollm2-135m")
+        );
     }
 
     fn case(shape: &str, case: &str, batch: usize, tps: f64) -> CaseResult {
