@@ -11,19 +11,15 @@ use secvec_core::eval::metrics::{accuracy, compliance_rate};
 use secvec_core::eval::{
     EvalConfig, KeywordJudge, evaluate_samples, mean_response_nll, response_nll, response_nlls,
 };
-use secvec_models::testing::{fixtures, read_json};
-use secvec_models::{LoadedModel, ModelSource, load_model};
+use secvec_models::LoadedModel;
+use secvec_models::testing::{fixtures, load_smollm2, read_json};
 use serde_json::Value;
 
 type B = NdArray<f32>;
 
 fn model() -> &'static LoadedModel<B> {
     static MODEL: OnceLock<LoadedModel<B>> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let source = ModelSource::parse("smollm2-135m-instruct").unwrap();
-        load_model::<B>(&source, None, &Default::default())
-            .unwrap_or_else(|e| panic!("loading SmolLM2 failed: {e}"))
-    })
+    MODEL.get_or_init(load_smollm2::<B>)
 }
 
 fn reference() -> Value {

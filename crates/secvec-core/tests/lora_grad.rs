@@ -13,9 +13,7 @@ use secvec_core::train::TrainExample;
 use secvec_core::train::batch::make_batch;
 use secvec_core::train::loss::response_nll_sum;
 use secvec_models::testing::*;
-use secvec_models::{
-    LoadedModel, ModelSource, Precision, ProjectionId, ProjectionKind, load_model,
-};
+use secvec_models::{LoadedModel, Precision, ProjectionId, ProjectionKind};
 
 // Flex, not ndarray: burn-ndarray 0.21 under autodiff computed a different (and run-to-run
 // varying) loss here once the adapter required gradients, while its inference path and flex agree
@@ -24,10 +22,7 @@ type B = Autodiff<Flex>;
 
 fn model() -> &'static LoadedModel<B> {
     static MODEL: OnceLock<LoadedModel<B>> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let source = ModelSource::parse("smollm2-135m-instruct").unwrap();
-        load_model::<B>(&source, None, &Default::default()).unwrap()
-    })
+    MODEL.get_or_init(load_smollm2::<B>)
 }
 
 /// torch's CPU `randn` for float32 tensors of at least 16 elements: uniform floats from the

@@ -474,16 +474,17 @@ fn mixed_precision_training_learns_like_f32() {
 fn f16_loss_scaling_skips_overflowing_steps_and_recovers() {
     use secvec_core::train::LossScaleConfig;
     use secvec_models::Precision;
-    let cfg = TrainConfig {
-        max_steps: Some(70),
+    // `steps` steps at `lr`, the loss scale starting at 2^`log2_init`.
+    let cfg = |steps, lr, log2_init, max_consecutive_skips| TrainConfig {
+        max_steps: Some(steps),
         loss_scale: LossScaleConfig {
-            init: 2f64.powi(40),
+            init: 2f64.powi(log2_init),
             growth_interval: 2000,
-            max_consecutive_skips: 64,
+            max_consecutive_skips,
         },
-        ..quick(2e-2, 1)
+        ..quick(lr, 1)
     };
-    let (_, report, nll) = train_task_lora(Precision::F16, cfg).unwrap();
+    let (_, report, nll) = train_task_lora(Precision::F16, cfg(70, 2e-2, 40, 64)).unwrap();
     let steps = &report.steps;
     assert!(steps[0].skipped, "2^40 must overflow f16");
     // A burst of skipped steps from the start, until the scale fits.
@@ -511,16 +512,7 @@ fn f16_loss_scaling_skips_overflowing_steps_and_recovers() {
     );
 
     // Overflow at every scale is a divergence, reported as such.
-    let cfg = TrainConfig {
-        max_steps: Some(10),
-        loss_scale: LossScaleConfig {
-            init: 2f64.powi(60),
-            growth_interval: 2000,
-            max_consecutive_skips: 3,
-        },
-        ..quick(5e-3, 1)
-    };
-    let err = train_task_lora(Precision::F16, cfg).unwrap_err();
+    let err = train_task_lora(Precision::F16, cfg(10, 5e-3, 60, 3)).unwrap_err();
     assert!(matches!(err, CoreError::NonFinite { step: 2, .. }), "{err}");
     assert!(err.to_string().contains("f16 gradients"), "{err}");
 }

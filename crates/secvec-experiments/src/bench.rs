@@ -127,9 +127,9 @@ impl Job for BenchArgs {
         if self.what != BenchKind::Generate {
             return bench_train::<B>(&self, device, backend);
         }
-        let (source, mut loaded) = self.model.load::<B::InnerBackend>(&device, backend)?;
-        // Inference only: in bf16/f16 the weights are stored in that type too.
-        loaded.model = loaded.model.with_half_weights();
+        let (source, loaded) = self
+            .model
+            .load_for_inference::<B::InnerBackend>(&device, backend)?;
         let tok = &loaded.tokenizer;
         let prompt_text = tok.apply_chat_template(
             &[Message::user(

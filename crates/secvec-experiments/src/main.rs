@@ -93,6 +93,25 @@ struct GenerateArgs {
     seed: u64,
 }
 
+/// Loads `source` (named `name` in errors) to compute in `dtype`. The backend is first checked
+/// to support `dtype` (an error names the option or field `dtype_field`); the one place where
+/// the commands and the experiment runner turn a precision into a model.
+pub fn load_model_as<B: burn::tensor::backend::Backend>(
+    source: &ModelSource,
+    name: &str,
+    cache_dir: Option<&std::path::Path>,
+    device: &B::Device,
+    dtype: secvec_models::Precision,
+    dtype_field: &str,
+) -> Result<secvec_models::LoadedModel<B>> {
+    secvec_models::precision::probe::<B>(dtype, device)
+        .map_err(|e| anyhow::anyhow!("{dtype_field}: {e}"))?;
+    let mut loaded = load_model::<B>(source, cache_dir, device)
+        .with_context(|| format!("loading model `{name}`"))?;
+    loaded.model = loaded.model.with_precision(dtype);
+    Ok(loaded)
+}
+
 impl ModelArgs {
     /// Resolves and loads the model, reporting the load time on stderr.
     pub fn load<B: burn::tensor::backend::Backend>(
@@ -102,11 +121,14 @@ impl ModelArgs {
     ) -> Result<(ModelSource, secvec_models::LoadedModel<B>)> {
         let t0 = Instant::now();
         let source = ModelSource::parse(&self.model)?;
-        secvec_models::precision::probe::<B>(self.dtype, device)
-            .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?;
-        let mut loaded = load_model::<B>(&source, self.cache_dir.as_deref(), device)
-            .with_context(|| format!("loading model `{}`", self.model))?;
-        loaded.model = loaded.model.with_precision(self.dtype);
+        let loaded = load_model_as::<B>(
+            &source,
+            &self.model,
+            self.cache_dir.as_deref(),
+            device,
+            self.dtype,
+            "--dtype",
+        )?;
         eprintln!(
             "loaded {} on {backend} ({}) in {:.1}s",
             source.display_name(),
@@ -115,15 +137,27 @@ impl ModelArgs {
         );
         Ok((source, loaded))
     }
+
+    /// [`ModelArgs::load`] for inference only: in bf16/f16 the weights are stored in that type
+    /// too ([`secvec_models::Llama::with_half_weights`]).
+    pub fn load_for_inference<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+        backend: BackendKind,
+    ) -> Result<(ModelSource, secvec_models::LoadedModel<B>)> {
+        let (source, mut loaded) = self.load::<B>(device, backend)?;
+        loaded.model = loaded.model.with_half_weights();
+        Ok((source, loaded))
+    }
 }
 
 impl Job for GenerateArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
-        let (_, mut loaded) = self.model.load::<B::InnerBackend>(&device, backend)?;
-        // Inference only: in bf16/f16 the weights are stored in that type too.
-        loaded.model = loaded.model.with_half_weights();
+        let (_, loaded) = self
+            .model
+            .load_for_inference::<B::InnerBackend>(&device, backend)?;
         let tok = &loaded.tokenizer;
         let prompts = self
             .prompt

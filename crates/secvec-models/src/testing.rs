@@ -4,7 +4,18 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::backend::Backend;
 use serde_json::Value;
+
+use crate::{LoadedModel, ModelSource, load_model};
+
+/// SmolLM2-135M-Instruct from the model cache (fetched on first use); panics with the cause.
+/// Test files keep it in their own `OnceLock`, one per backend type.
+pub fn load_smollm2<B: Backend>() -> LoadedModel<B> {
+    let source = ModelSource::parse("smollm2-135m-instruct").expect("a known model name");
+    load_model::<B>(&source, None, &Default::default())
+        .unwrap_or_else(|e| panic!("loading SmolLM2 failed: {e}"))
+}
 
 /// `tests/fixtures/` of the workspace.
 pub fn fixtures() -> PathBuf {

@@ -14,18 +14,14 @@ use std::sync::OnceLock;
 
 use burn::tensor::{DType, Int, Tensor, TensorData, activation::log_softmax};
 use common::*;
-use secvec_models::{LoadedModel, Message, ModelSource, Precision, load_model};
+use secvec_models::{LoadedModel, Message, Precision};
 use serde_json::Value;
 
 type F = burn::backend::Flex;
 
 fn model() -> &'static LoadedModel<F> {
     static MODEL: OnceLock<LoadedModel<F>> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let source = ModelSource::parse("smollm2-135m-instruct").unwrap();
-        load_model::<F>(&source, None, &Default::default())
-            .unwrap_or_else(|e| panic!("loading SmolLM2 failed: {e}"))
-    })
+    MODEL.get_or_init(load_smollm2::<F>)
 }
 
 fn input(ids: &[u32]) -> Tensor<F, 2, Int> {
@@ -75,30 +71,29 @@ fn f32_precision_is_the_reference_path() {
     assert!(top1);
 }
 
+/// The top-20 logit error in `p` lies in `(floor, bound)` — above `floor` proves the products
+/// really ran in half precision — and the top-1 token is unchanged.
+fn assert_half_logits(p: Precision, floor: f32, bound: f32) {
+    let (err, top1) = top20_error(p);
+    eprintln!("{p}: max |Δ logit| over the reference top-20 = {err}");
+    assert!(
+        err > floor,
+        "{p} error {err}: the products did not run in {p}"
+    );
+    assert!(err < bound, "{p} top-20 logit error {err}");
+    assert!(top1, "{p} changed the top-1 token");
+}
+
 #[test]
 fn bf16_logits_track_transformers_f32() {
-    let (err, top1) = top20_error(Precision::Bf16);
-    eprintln!("bf16: max |Δ logit| over the reference top-20 = {err}");
-    assert!(
-        err > 1e-4,
-        "bf16 error {err}: the products did not run in bf16"
-    );
     // Measured 0.32 (logits of magnitude ~20).
-    assert!(err < 0.65, "bf16 top-20 logit error {err}");
-    assert!(top1, "bf16 changed the top-1 token");
+    assert_half_logits(Precision::Bf16, 1e-4, 0.65);
 }
 
 #[test]
 fn f16_logits_track_transformers_f32() {
-    let (err, top1) = top20_error(Precision::F16);
-    eprintln!("f16: max |Δ logit| over the reference top-20 = {err}");
-    assert!(
-        err > 1e-5,
-        "f16 error {err}: the products did not run in f16"
-    );
     // Measured 0.023.
-    assert!(err < 0.05, "f16 top-20 logit error {err}");
-    assert!(top1, "f16 changed the top-1 token");
+    assert_half_logits(Precision::F16, 1e-5, 0.05);
 }
 
 #[test]

@@ -8,18 +8,12 @@ use std::sync::OnceLock;
 
 use burn::tensor::{Int, Tensor, TensorData, activation::log_softmax};
 use common::*;
-use secvec_models::{
-    GenerationConfig, LoadedModel, Message, ModelSource, Sampling, generate, load_model,
-};
+use secvec_models::{GenerationConfig, LoadedModel, Message, Sampling, generate};
 use serde_json::Value;
 
 fn model() -> &'static LoadedModel<B> {
     static MODEL: OnceLock<LoadedModel<B>> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let source = ModelSource::parse("smollm2-135m-instruct").unwrap();
-        load_model::<B>(&source, None, &Default::default())
-            .unwrap_or_else(|e| panic!("loading SmolLM2 failed: {e}"))
-    })
+    MODEL.get_or_init(load_smollm2::<B>)
 }
 
 fn reference() -> Value {

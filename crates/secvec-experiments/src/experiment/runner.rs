@@ -38,7 +38,7 @@ use secvec_core::train::{
     TextPair, TrainConfig, TrainExample, TrainReport, encode_pairs, finetune, train,
     train_security_vectors,
 };
-use secvec_models::{Llama, ModelSource, TextTokenizer, load_model};
+use secvec_models::{Llama, ModelSource, TextTokenizer};
 
 use super::grid::RunSpec;
 use super::schema::{Arm, Checkpoint, Experiment, Metric, Mode, Source};
@@ -640,11 +640,14 @@ impl SweepJob {
             secvec_models::registry::cache_dir(self.cache_dir.as_deref()).join("experiments");
         let source = ModelSource::parse(&exp.model)?;
         let t0 = Instant::now();
-        secvec_models::precision::probe::<B>(exp.dtype, device)
-            .map_err(|e| anyhow::anyhow!("dtype: {e}"))?;
-        let mut loaded = load_model::<B>(&source, self.cache_dir.as_deref(), device)
-            .with_context(|| format!("loading model `{}`", exp.model))?;
-        loaded.model = loaded.model.with_precision(exp.dtype);
+        let loaded = crate::load_model_as::<B>(
+            &source,
+            &exp.model,
+            self.cache_dir.as_deref(),
+            device,
+            exp.dtype,
+            "dtype",
+        )?;
         eprintln!(
             "  loaded {} in {:.1}s",
             source.display_name(),
