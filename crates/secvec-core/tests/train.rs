@@ -410,14 +410,16 @@ fn train_task_lora(
 }
 
 /// bf16 and f16 mixed precision follow f32's first steps closely and learn the same data; the
-/// trained (master) weights stay f32.
+/// trained (master) weights stay f32. At lr 1e-2 (stable: at 2e-2 this tiny model's loss
+/// spikes after a dozen steps and any rounding difference sends the runs apart, so the final
+/// NLL measured the chaos, not the precision) bf16 ends at 10.81 against f32's 10.70.
 #[test]
 fn mixed_precision_training_learns_like_f32() {
     use burn::tensor::DType;
     use secvec_models::Precision;
     let cfg = TrainConfig {
         max_steps: Some(36),
-        ..quick(2e-2, 1)
+        ..quick(1e-2, 1)
     };
     let (_, f32_report, f32_nll) = train_task_lora(Precision::F32, cfg.clone()).unwrap();
     let start = f32_report.steps[0].loss;
@@ -446,7 +448,7 @@ fn mixed_precision_training_learns_like_f32() {
         let a = &model.layers[0].self_attn.q_proj.adapter(TASK).unwrap().a;
         assert_eq!(a.val().dtype(), DType::F32, "{p}: master weights");
         if p == Precision::Bf16 {
-            // Same trajectory (measured 16.0 vs 15.4).
+            // Same trajectory (measured 10.81 vs 10.70).
             assert!(
                 (nll - f32_nll).abs() < 0.15 * f32_nll,
                 "{p}: {nll} vs f32 {f32_nll}"

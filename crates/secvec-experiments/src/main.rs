@@ -209,6 +209,9 @@ impl Job for GenerateArgs {
 }
 
 fn main() -> Result<()> {
+    if std::env::var("SECVEC_MALLOC").map_or(true, |v| v != "system") {
+        secvec_models::kernels::tune_allocator();
+    }
     // `secvec-experiments experiments/x.ron [...]` is `secvec-experiments run experiments/x.ron [...]`.
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv

@@ -35,20 +35,16 @@ pub struct Generated {
     pub stopped: bool,
 }
 
-/// Logits of the last position of every row, on the host: `[batch][vocab]`.
-fn last_logits<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>) -> Vec<Vec<f32>> {
-    let [batch, seq, d] = hidden.dims();
+/// Logits of the last position of every row, on the host: `batch · vocab` values, row-major.
+fn last_logits<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>) -> Vec<f32> {
+    let [batch, seq, _] = hidden.dims();
     let last = hidden.narrow(1, seq - 1, 1);
     let logits = model.lm_head(last).reshape([batch, model.vocab_size()]);
-    let flat: Vec<f32> = logits
+    logits
         .into_data()
         .convert::<f32>()
-        .to_vec()
-        .expect("f32 after convert");
-    let _ = d;
-    flat.chunks(model.vocab_size())
-        .map(|c| c.to_vec())
-        .collect()
+        .into_vec()
+        .expect("f32 after convert")
 }
 
 /// Generates continuations of `prompts` (token ids) as one batch. Rows are left-padded with
@@ -128,7 +124,7 @@ pub fn generate<B: Backend>(
         .collect();
     let positions = int_tensor::<B>(&positions_from_mask(&valid, None), &device);
     let mask = build_attention_mask::<B>(prompts.len(), max_len, 0, Some(&valid), &device);
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache_with_capacity(max_len + config.max_new_tokens);
     let hidden = model.forward_hidden(
         int_tensor::<B>(&ids, &device),
         &positions,
@@ -144,7 +140,8 @@ pub fn generate<B: Backend>(
         let mut keep = Vec::with_capacity(rows.len());
         let mut next_tokens = Vec::with_capacity(rows.len());
         for (slot, &row) in rows.iter().enumerate() {
-            let token = samplers[row].sample(&logits[slot]);
+            let vocab_size = model.vocab_size();
+            let token = samplers[row].sample(&logits[slot * vocab_size..(slot + 1) * vocab_size]);
             let out = &mut outputs[row];
             out.tokens.push(token);
             if config.stop_tokens.contains(&token) {

@@ -24,6 +24,7 @@ pub mod generation;
 pub mod gguf;
 pub mod gguf_source;
 pub mod hf;
+pub mod kernels;
 pub mod linear;
 pub mod loader;
 pub mod mlp;

@@ -130,6 +130,11 @@ impl<B: Backend> LoraAdapter<B> {
             x
         };
         let p = precision;
+        if p == Precision::F32 {
+            // The scaling goes on the `[n, r]` intermediate: r columns instead of d_out.
+            let xa = crate::kernels::matmul(x, self.a.val()).mul_scalar(self.scaling);
+            return crate::kernels::matmul(xa, self.b.val());
+        }
         let xa = p.to_compute(x).matmul(p.to_compute(self.a.val()));
         p.to_f32(xa.matmul(p.to_compute(self.b.val())))
             .mul_scalar(self.scaling)

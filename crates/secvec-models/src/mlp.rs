@@ -1,7 +1,9 @@
 //! SwiGLU feed-forward block.
 
 use burn::module::Module;
-use burn::tensor::{Tensor, activation::silu, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::kernels;
 
 use crate::linear::Projection;
 use crate::precision::Precision;
@@ -16,8 +18,8 @@ pub struct Mlp<B: Backend> {
 
 impl<B: Backend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>, precision: Precision) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone(), precision));
-        self.down_proj
-            .forward(gate * self.up_proj.forward(x, precision), precision)
+        let gate = self.gate_proj.forward(x.clone(), precision);
+        let up = self.up_proj.forward(x, precision);
+        self.down_proj.forward(kernels::swiglu(gate, up), precision)
     }
 }

@@ -16,8 +16,6 @@ impl<B: Backend> RmsNorm<B> {
     /// Computed in f32 (`precision` only says whether the weight may be stored in half, see
     /// [`Llama::with_half_weights`](crate::Llama::with_half_weights)).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>, precision: Precision) -> Tensor<B, D> {
-        let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
-        let normed = x * variance.add_scalar(self.eps).sqrt().recip();
-        normed * precision.to_f32(self.weight.val()).unsqueeze::<D>()
+        crate::kernels::rms_norm(x, precision.to_f32(self.weight.val()), self.eps)
     }
 }

@@ -14,7 +14,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::{FloatDType, Tensor, backend::Backend};
+use burn::tensor::{DType, FloatDType, Tensor, backend::Backend};
+
+use crate::kernels;
 use serde::{Deserialize, Serialize};
 
 /// The precision matrix products run in.
@@ -48,29 +50,28 @@ impl Precision {
         self == Precision::F16
     }
 
-    /// Casts `x` to the compute dtype (a no-op in f32).
+    /// Casts `x` to the compute dtype (a no-op in f32, or when `x` already has it).
     pub fn to_compute<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self.compute_dtype() {
-            Some(dt) => x.cast(dt),
-            None => x,
+            Some(dt) if x.dtype() != dt.into() => x.cast(dt),
+            _ => x,
         }
     }
 
-    /// Casts a product back to f32 (a no-op in f32).
+    /// Casts a product back to f32 (a no-op in f32, or when `x` is f32 already).
     pub fn to_f32<B: Backend, const D: usize>(self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self.compute_dtype() {
-            Some(_) => x.cast(FloatDType::F32),
-            None => x,
+            Some(_) if x.dtype() != DType::F32 => x.cast(FloatDType::F32),
+            _ => x,
         }
     }
 
-    /// `a · b` in the compute precision, returned in f32.
-    pub fn matmul<B: Backend, const D: usize>(
-        self,
-        a: Tensor<B, D>,
-        b: Tensor<B, D>,
-    ) -> Tensor<B, D> {
-        self.to_f32(self.to_compute(a).matmul(self.to_compute(b)))
+    /// `a · b` in the compute precision, returned in f32 (in f32: [`kernels::matmul`]).
+    pub fn matmul<B: Backend>(self, a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self.compute_dtype() {
+            None => kernels::matmul(a, b),
+            Some(_) => self.to_f32(self.to_compute(a).matmul(self.to_compute(b))),
+        }
     }
 }
 

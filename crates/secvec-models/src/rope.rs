@@ -71,26 +71,30 @@ impl<B: Backend> RotaryEmbedding<B> {
         }
     }
 
-    /// Rotates `x` of shape `[batch, heads, seq, head_dim]` by the angles of `positions`
-    /// (`[batch, seq]`, absolute positions of each token).
-    pub fn apply(&self, x: Tensor<B, 4>, positions: &Tensor<B, 2, Int>) -> Tensor<B, 4> {
-        let [batch, _heads, seq, dim] = x.dims();
+    /// The cos/sin rows of every token, gathered once per forward pass and shared by all
+    /// layers: `[batch · seq, head_dim]` each, for `positions` `[batch, seq]`.
+    pub fn tables(&self, positions: &Tensor<B, 2, Int>) -> RopeTables<B> {
+        let [batch, seq] = positions.dims();
         let flat = positions.clone().reshape([batch * seq]);
-        let cos = self
-            .cos
-            .clone()
-            .select(0, flat.clone())
-            .reshape([batch, 1, seq, dim]);
-        let sin = self
-            .sin
-            .clone()
-            .select(0, flat)
-            .reshape([batch, 1, seq, dim]);
-        let half = dim / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * cos + rotated * sin
+        RopeTables {
+            cos: self.cos.clone().select(0, flat.clone()),
+            sin: self.sin.clone().select(0, flat),
+        }
+    }
+}
+
+/// Each token's rows of the cos/sin tables (see [`RotaryEmbedding::tables`]); applied to
+/// token-major `[batch, seq, heads, head_dim]` queries and keys by [`RopeTables::apply`].
+#[derive(Debug, Clone)]
+pub struct RopeTables<B: Backend> {
+    pub cos: Tensor<B, 2>,
+    pub sin: Tensor<B, 2>,
+}
+
+impl<B: Backend> RopeTables<B> {
+    /// Rotates `x` `[batch, seq, heads, head_dim]` (rotate-half layout).
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        crate::kernels::rope(x, &self.cos, &self.sin)
     }
 }
 

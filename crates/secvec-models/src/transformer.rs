@@ -12,7 +12,7 @@ use crate::linear::{Projection, ProjectionId, ProjectionKind};
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
 use crate::precision::Precision;
-use crate::rope::RotaryEmbedding;
+use crate::rope::{RopeTables, RotaryEmbedding};
 
 /// One pre-norm decoder layer.
 #[derive(Module, Debug)]
@@ -27,8 +27,7 @@ impl<B: Backend> DecoderLayer<B> {
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
-        rope: &RotaryEmbedding<B>,
-        positions: &Tensor<B, 2, Int>,
+        rope: &RopeTables<B>,
         mask: &Tensor<B, 4, Bool>,
         cache: Option<(&mut KvCache<B>, usize)>,
         precision: Precision,
@@ -37,7 +36,6 @@ impl<B: Backend> DecoderLayer<B> {
             + self.self_attn.forward(
                 self.input_layernorm.forward(x, precision),
                 rope,
-                positions,
                 mask,
                 cache,
                 precision,
@@ -180,9 +178,11 @@ impl<B: Backend> Llama<B> {
         let mut x = self
             .precision
             .to_f32(embedding(self.embed_tokens.val(), ids));
+        // The tokens' rotary tables, gathered once for all layers.
+        let rope = self.rope.tables(positions);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = layer.forward(x, &self.rope, positions, mask, layer_cache, self.precision);
+            x = layer.forward(x, &rope, mask, layer_cache, self.precision);
         }
         self.norm.forward(x, self.precision)
     }
@@ -242,6 +242,11 @@ impl<B: Backend> Llama<B> {
     /// A new, empty KV cache for this model.
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.layers.len())
+    }
+
+    /// A new KV cache with room for `positions` positions per layer.
+    pub fn new_cache_with_capacity(&self, positions: usize) -> KvCache<B> {
+        KvCache::with_capacity(self.layers.len(), positions)
     }
 
     /// Hyper-parameters of the attention blocks `(heads, kv_heads, head_dim)`.

@@ -34,7 +34,9 @@ fn reference() -> Value {
 }
 
 /// Largest |logit − reference| over the reference's top-20 of every chat case, and whether the
-/// top-1 token agrees everywhere.
+/// top-1 token agrees in every case whose reference top-1/top-2 margin exceeds twice that error
+/// (where the margin is smaller, an error of that size may legitimately swap the two: the first
+/// chat case's margin is 0.082, below bf16's measured error).
 fn top20_error(precision: Precision) -> (f32, bool) {
     top20_error_of(&model().model.clone().with_precision(precision))
 }
@@ -43,7 +45,8 @@ fn top20_error_of(m: &secvec_models::Llama<F>) -> (f32, bool) {
     let precision = m.precision;
     let vocab = m.vocab_size();
     let mut worst = 0f32;
-    let mut top1 = true;
+    // (margin, agrees) per case.
+    let mut cases = Vec::new();
     for case in reference()["chat"].as_array().unwrap() {
         let ids = u32s(&case["ids"]);
         let logits = m.forward(input(&ids));
@@ -56,11 +59,20 @@ fn top20_error_of(m: &secvec_models::Llama<F>) -> (f32, bool) {
         let last = &all[(ids.len() - 1) * vocab..];
         let expected = &case["last_logits_top20"];
         let want_ids = u32s(&expected["ids"]);
-        for (&id, &want) in want_ids.iter().zip(&f32s(&expected["values"])) {
-            worst = worst.max((last[id as usize] - want).abs());
+        let want = f32s(&expected["values"]);
+        for (&id, &w) in want_ids.iter().zip(&want) {
+            worst = worst.max((last[id as usize] - w).abs());
         }
-        top1 &= secvec_models::sampling::argmax(last) as u32 == want_ids[0];
+        let agrees = secvec_models::sampling::argmax(last) as u32 == want_ids[0];
+        cases.push((want[0] - want[1], agrees));
     }
+    let top1 = cases
+        .iter()
+        .all(|&(margin, agrees)| agrees || margin <= 2.0 * worst);
+    assert!(
+        cases.iter().any(|&(margin, _)| margin > 2.0 * worst),
+        "{precision}: no case has a top-1 margin large enough to check"
+    );
     (worst, top1)
 }
 
@@ -72,7 +84,8 @@ fn f32_precision_is_the_reference_path() {
 }
 
 /// The top-20 logit error in `p` lies in `(floor, bound)` — above `floor` proves the products
-/// really ran in half precision — and the top-1 token is unchanged.
+/// really ran in half precision — and the top-1 token is unchanged wherever the error cannot
+/// explain a swap (see [`top20_error`]).
 fn assert_half_logits(p: Precision, floor: f32, bound: f32) {
     let (err, top1) = top20_error(p);
     eprintln!("{p}: max |Δ logit| over the reference top-20 = {err}");
@@ -86,13 +99,13 @@ fn assert_half_logits(p: Precision, floor: f32, bound: f32) {
 
 #[test]
 fn bf16_logits_track_transformers_f32() {
-    // Measured 0.32 (logits of magnitude ~20).
+    // Measured 0.32 with composed ops, 0.20 with the CPU kernels (logits of magnitude ~20).
     assert_half_logits(Precision::Bf16, 1e-4, 0.65);
 }
 
 #[test]
 fn f16_logits_track_transformers_f32() {
-    // Measured 0.023.
+    // Measured 0.023 with composed ops, 0.029 with the CPU kernels.
     assert_half_logits(Precision::F16, 1e-5, 0.05);
 }
 
@@ -166,8 +179,9 @@ fn half_weights_for_inference() {
         let (mixed_err, _) = top20_error_of(&mixed);
         let (err, top1) = top20_error_of(&half);
         eprintln!("{p}: max |Δ logit| over the reference top-20: {err} (f32 weights: {mixed_err})");
-        // Rounding the embeddings and norm weights too: measured 0.23 (bf16) and 0.030 (f16),
-        // the same size as with f32 weights (0.32, 0.023).
+        // Rounding the embeddings and norm weights too: measured 0.23 (bf16) and 0.030 (f16)
+        // with composed ops, 0.12 and 0.036 with the CPU kernels: the same size as with f32
+        // weights (0.32 / 0.20, 0.023 / 0.029).
         let bound = if p == Precision::Bf16 { 0.65 } else { 0.05 };
         assert!(err < bound, "{p}: {err}");
         assert!(top1, "{p}: top-1 token changed");

@@ -1,6 +1,6 @@
 //! Causal-LM loss on the response tokens only.
 
-use burn::tensor::{Tensor, activation::log_softmax, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 
 use secvec_models::Llama;
 use secvec_models::attention::build_attention_mask;
@@ -24,9 +24,5 @@ pub fn response_nll_sum<B: Backend>(model: &Llama<B>, batch: &Batch<B>) -> Tenso
         .select(0, batch.positions.clone())
         .unsqueeze_dim::<3>(0);
     let logits = model.lm_head(picked).squeeze_dim::<2>(0);
-    let logp = log_softmax(logits, 1);
-    let target_logp = logp
-        .gather(1, batch.targets.clone().unsqueeze_dim(1))
-        .reshape([batch.n_targets]);
-    target_logp.sum().neg()
+    secvec_models::kernels::cross_entropy_sum(logits, batch.targets.clone())
 }

@@ -10,11 +10,13 @@
 pub mod batch;
 pub mod config;
 pub mod loss;
+pub mod optim;
 pub mod phases;
 pub mod trainer;
 
 pub use batch::{TextPair, TrainExample, encode_pairs};
 pub use config::{LossScaleConfig, Schedule, TrainConfig};
+pub use optim::global_grad_norm;
 pub use phases::{
     FinetuneConfig, FinetuneMode, SecurityVectorConfig, SecurityVectors, finetune,
     set_security_vectors, train_security_vectors,

@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
-use burn::tensor::{Tensor, backend::AutodiffBackend, backend::Backend};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ use secvec_models::Llama;
 use super::batch::{TrainExample, make_batch};
 use super::config::{LossScaleConfig, TrainConfig};
 use super::loss::response_nll_sum;
+use super::optim::{AdamW, global_grad_norm};
 use crate::error::{CoreError, Result};
 
 /// What one optimizer step did.
@@ -73,38 +74,6 @@ pub trait TrainCallback<B: AutodiffBackend> {
 pub struct NoCallback;
 impl<B: AutodiffBackend> TrainCallback<B> for NoCallback {}
 
-/// Sums squared gradients over every parameter that has one.
-struct GradNorm<'a, B: AutodiffBackend> {
-    grads: &'a GradientsParams,
-    sum: Option<Tensor<B::InnerBackend, 1>>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let s = g.powi_scalar(2).sum();
-            self.sum = Some(match self.sum.take() {
-                Some(acc) => acc + s,
-                None => s,
-            });
-        }
-    }
-}
-
-/// Multiplies every gradient by a factor.
-struct ScaleGrads<'a> {
-    grads: &'a mut GradientsParams,
-    factor: f64,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            self.grads.register(param.id, g.mul_scalar(self.factor));
-        }
-    }
-}
-
 /// Dynamic loss-scale state (see [`LossScaleConfig`]).
 struct LossScaler {
     scale: f64,
@@ -150,26 +119,6 @@ impl LossScaler {
     }
 }
 
-/// The global L2 norm of all gradients (as `torch.nn.utils.clip_grad_norm_` computes it).
-pub fn global_grad_norm<B: AutodiffBackend>(model: &Llama<B>, grads: &GradientsParams) -> f64 {
-    let mut v = GradNorm::<B> { grads, sum: None };
-    model.visit(&mut v);
-    v.sum.map(|s| s.into_scalar_f64().sqrt()).unwrap_or(0.0)
-}
-
-trait IntoScalarF64 {
-    fn into_scalar_f64(self) -> f64;
-}
-
-impl<B: Backend> IntoScalarF64 for Tensor<B, 1> {
-    fn into_scalar_f64(self) -> f64 {
-        self.into_data()
-            .convert::<f64>()
-            .to_vec::<f64>()
-            .expect("f64 after convert")[0]
-    }
-}
-
 /// Trains the parameters of `model` that require gradients on `examples`. Frozen parameters
 /// (`require_grad = false`) get no gradient and stay bit-identical.
 pub fn train<B: AutodiffBackend>(
@@ -190,12 +139,12 @@ pub fn train<B: AutodiffBackend>(
     let per_step = cfg.batch_size * cfg.grad_accum;
     let steps_per_epoch = usable.len().div_ceil(per_step);
     let total = cfg.max_steps.unwrap_or(cfg.epochs * steps_per_epoch);
-    let mut optimizer = AdamWConfig::new()
-        .with_beta_1(cfg.beta1 as f32)
-        .with_beta_2(cfg.beta2 as f32)
-        .with_epsilon(cfg.adam_eps as f32)
-        .with_weight_decay(cfg.weight_decay as f32)
-        .init::<B, Llama<B>>();
+    let mut optimizer = AdamW::new(
+        cfg.beta1 as f32,
+        cfg.beta2 as f32,
+        cfg.adam_eps as f32,
+        cfg.weight_decay as f32,
+    );
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     B::seed(&device, cfg.seed);
     let mut scaler = model
@@ -238,6 +187,8 @@ pub fn train<B: AutodiffBackend>(
         let step_start = Instant::now();
         let n_targets: usize = chunk.iter().map(|e| e.n_target()).sum();
         let mut accumulator = GradientsAccumulator::<Llama<B>>::new();
+        let mut single = None;
+        let micro_batches = chunk.len().div_ceil(cfg.batch_size);
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         for micro in chunk.chunks(cfg.batch_size) {
@@ -251,8 +202,13 @@ pub fn train<B: AutodiffBackend>(
                 Some(s) => loss.clone().mul_scalar(s.scale).backward(),
                 None => loss.backward(),
             };
-            loss_sum += loss.inner().into_scalar_f64();
-            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+            loss_sum += loss.inner().into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(grads, &model);
+            if micro_batches == 1 {
+                single = Some(grads);
+            } else {
+                accumulator.accumulate(&model, grads);
+            }
         }
         if !loss_sum.is_finite() {
             bar.abandon();
@@ -261,7 +217,7 @@ pub fn train<B: AutodiffBackend>(
                 what: format!("loss {loss_sum}"),
             });
         }
-        let mut grads = accumulator.grads();
+        let grads = single.unwrap_or_else(|| accumulator.grads());
         let raw_norm = global_grad_norm(&model, &grads);
         let loss_scale = scaler.as_ref().map(|s| s.scale);
         // Gradients of an f16 step overflowed: skip the update and lower the scale.
@@ -293,14 +249,7 @@ pub fn train<B: AutodiffBackend>(
             {
                 factor *= max / (grad_norm + 1e-6);
             }
-            if factor != 1.0 {
-                let mut scale = ScaleGrads {
-                    grads: &mut grads,
-                    factor,
-                };
-                model.visit(&mut scale);
-            }
-            model = optimizer.step(lr, model, grads);
+            model = optimizer.step(lr, model, grads, factor);
         } else {
             report.skipped_steps += 1;
         }
