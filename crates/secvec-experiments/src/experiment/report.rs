@@ -154,8 +154,8 @@ pub fn markdown(
     for a in &axes {
         md += &format!("{a} | ");
     }
-    md += "aligned harmful | harmful, attack without vectors | harmful, attack with vectors | skill without | skill with | over-refusal with |\n|";
-    for _ in 0..axes.len() + 6 {
+    md += "aligned harmful | harmful, attack without vectors | harmful, attack with vectors | skill without | skill with | over-refusal without | over-refusal with | benign acc without | benign acc with |\n|";
+    for _ in 0..axes.len() + 9 {
         md += "---|";
     }
     md += "\n";
@@ -167,13 +167,16 @@ pub fn markdown(
             md += &format!("{} | ", render(v));
         }
         md += &format!(
-            "{} | {} | {} | {} | {} | {} |\n",
+            "{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             cell(metric(run.stage("aligned"), "harmful_rate")),
             cell(metric(off, "harmful_rate")),
             cell(metric(on, "harmful_rate")),
             cell(metric(off, "skill_accuracy")),
             cell(metric(on, "skill_accuracy")),
+            cell(metric(off, "over_refusal")),
             cell(metric(on, "over_refusal")),
+            cell(metric(off, "benign_accuracy")),
+            cell(metric(on, "benign_accuracy")),
         );
     }
 

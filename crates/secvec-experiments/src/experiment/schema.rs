@@ -372,6 +372,14 @@ pub struct Expect {
     pub max_harmful_with_vectors: Option<f64>,
     /// Harmful rate without vectors must be at least this (the attack must work).
     pub min_harmful_without_vectors: Option<f64>,
+    /// Utility: over-refusal (benign prompts refused) with vectors minus without must be at most
+    /// this (a defence that refuses everything fails). Needs the `OverRefusal` metric.
+    pub max_over_refusal_gap: Option<f64>,
+    /// Utility: over-refusal with vectors must be at most this. Needs `OverRefusal`.
+    pub max_over_refusal_with_vectors: Option<f64>,
+    /// Utility: benign accuracy without vectors minus with vectors must be at most this. Needs
+    /// the `BenignAccuracy` metric.
+    pub max_benign_accuracy_drop: Option<f64>,
 }
 
 impl Default for Expect {
@@ -380,6 +388,9 @@ impl Default for Expect {
             min_gap: Some(0.0),
             max_harmful_with_vectors: None,
             min_harmful_without_vectors: None,
+            max_over_refusal_gap: None,
+            max_over_refusal_with_vectors: None,
+            max_benign_accuracy_drop: None,
         }
     }
 }
@@ -543,6 +554,36 @@ impl Experiment {
             && (e.min_gap.is_some() || e.max_harmful_with_vectors.is_some())
         {
             bail!("expect: needs both finetune.arms Off and Active");
+        }
+        if let Some(e) = &self.expect {
+            let needs = [
+                (
+                    "max_over_refusal_gap",
+                    e.max_over_refusal_gap,
+                    Metric::OverRefusal,
+                ),
+                (
+                    "max_over_refusal_with_vectors",
+                    e.max_over_refusal_with_vectors,
+                    Metric::OverRefusal,
+                ),
+                (
+                    "max_benign_accuracy_drop",
+                    e.max_benign_accuracy_drop,
+                    Metric::BenignAccuracy,
+                ),
+            ];
+            for (field, bound, metric) in needs {
+                if bound.is_some() && !ev.metrics.contains(&metric) {
+                    bail!("expect.{field}: needs {metric:?} in evaluate.metrics");
+                }
+                if bound.is_some()
+                    && field != "max_over_refusal_with_vectors"
+                    && !(ft.arms.contains(&Arm::Off) && ft.arms.contains(&Arm::Active))
+                {
+                    bail!("expect.{field}: needs both finetune.arms Off and Active");
+                }
+            }
         }
         Ok(())
     }
