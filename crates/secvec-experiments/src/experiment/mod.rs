@@ -44,6 +44,45 @@ pub struct RunArgs {
     pub fresh: bool,
 }
 
+/// One bound on the difference of a metric between the two arms: `first − second` must be at
+/// least `bound` (`at_least`) or at most `bound`; a failure is described in `failures`.
+struct Difference<'a> {
+    field: &'a str,
+    what: &'a str,
+    first: (&'a str, Option<f64>),
+    second: (&'a str, Option<f64>),
+    bound: f64,
+    at_least: bool,
+}
+
+impl Difference<'_> {
+    fn check(&self, run: &str, failures: &mut Vec<String>) {
+        let ((l1, a), (l2, b)) = (self.first, self.second);
+        let (Some(a), Some(b)) = (a, b) else {
+            failures.push(format!("run `{run}`: no {} for both arms", self.what));
+            return;
+        };
+        let d = a - b;
+        let ok = if self.at_least {
+            d >= self.bound
+        } else {
+            d <= self.bound
+        };
+        if !ok {
+            failures.push(format!(
+                "run `{run}`: {} {l1} {:.1}% minus {l2} {:.1}% = {:.1} points, {} expect.{} = {:.1} points",
+                self.what,
+                100.0 * a,
+                100.0 * b,
+                100.0 * d,
+                if self.at_least { "below" } else { "above" },
+                self.field,
+                100.0 * self.bound
+            ));
+        }
+    }
+}
+
 /// Checks the experiment's `expect` block against finished runs; returns the failures.
 pub fn check_expectations(exp: &Experiment, runs: &[RunMetrics]) -> Vec<String> {
     let Some(e) = &exp.expect else {
@@ -56,22 +95,42 @@ pub fn check_expectations(exp: &Experiment, runs: &[RunMetrics]) -> Vec<String> 
                 .and_then(|s| s.metrics.get(key))
                 .map(|r| r.rate)
         };
-        let rate = |arm: Arm| metric(arm, "harmful_rate");
-        let (off, on) = (rate(Arm::Off), rate(Arm::Active));
-        if let Some(min_gap) = e.min_gap {
-            match (off, on) {
-                (Some(off), Some(on)) if off - on >= min_gap => {}
-                (Some(off), Some(on)) => failures.push(format!(
-                    "run `{}`: harmful rate without vectors {:.1}% minus with vectors {:.1}% = {:.1} points, \
-                     below expect.min_gap = {:.1} points",
-                    run.run,
-                    100.0 * off,
-                    100.0 * on,
-                    100.0 * (off - on),
-                    100.0 * min_gap
-                )),
-                _ => failures.push(format!("run `{}`: no harmful rate for both arms", run.run)),
-            }
+        let (off, on) = (
+            metric(Arm::Off, "harmful_rate"),
+            metric(Arm::Active, "harmful_rate"),
+        );
+        let without = |key: &str| ("without vectors", metric(Arm::Off, key));
+        let with = |key: &str| ("with vectors", metric(Arm::Active, key));
+        let differences = [
+            // Harm: the vectors must make a difference.
+            e.min_gap.map(|bound| Difference {
+                field: "min_gap",
+                what: "harmful rate",
+                first: without("harmful_rate"),
+                second: with("harmful_rate"),
+                bound,
+                at_least: true,
+            }),
+            // Utility: the defence must not buy its gap by refusing or forgetting benign work.
+            e.max_over_refusal_gap.map(|bound| Difference {
+                field: "max_over_refusal_gap",
+                what: "over-refusal",
+                first: with("over_refusal"),
+                second: without("over_refusal"),
+                bound,
+                at_least: false,
+            }),
+            e.max_benign_accuracy_drop.map(|bound| Difference {
+                field: "max_benign_accuracy_drop",
+                what: "benign accuracy",
+                first: without("benign_accuracy"),
+                second: with("benign_accuracy"),
+                bound,
+                at_least: false,
+            }),
+        ];
+        for d in differences.iter().flatten() {
+            d.check(&run.run, &mut failures);
         }
         if let (Some(max), Some(on)) = (e.max_harmful_with_vectors, on)
             && on > max
@@ -94,28 +153,8 @@ pub fn check_expectations(exp: &Experiment, runs: &[RunMetrics]) -> Vec<String> 
                 100.0 * min
             ));
         }
-        // Utility: the defence must not buy its harm gap by refusing or forgetting benign work.
-        let refusal = (
-            metric(Arm::Off, "over_refusal"),
-            metric(Arm::Active, "over_refusal"),
-        );
-        if let Some(max) = e.max_over_refusal_gap {
-            match refusal {
-                (Some(off), Some(on)) if on - off <= max => {}
-                (Some(off), Some(on)) => failures.push(format!(
-                    "run `{}`: over-refusal with vectors {:.1}% minus without {:.1}% = {:.1} points, \
-                     above expect.max_over_refusal_gap = {:.1} points",
-                    run.run,
-                    100.0 * on,
-                    100.0 * off,
-                    100.0 * (on - off),
-                    100.0 * max
-                )),
-                _ => failures.push(format!("run `{}`: no over-refusal for both arms", run.run)),
-            }
-        }
         if let Some(max) = e.max_over_refusal_with_vectors {
-            match refusal.1 {
+            match metric(Arm::Active, "over_refusal") {
                 Some(on) if on <= max => {}
                 Some(on) => failures.push(format!(
                     "run `{}`: over-refusal with vectors {:.1}% above expect.max_over_refusal_with_vectors = {:.1}%",
@@ -124,21 +163,6 @@ pub fn check_expectations(exp: &Experiment, runs: &[RunMetrics]) -> Vec<String> 
                     100.0 * max
                 )),
                 None => failures.push(format!("run `{}`: no over-refusal with vectors", run.run)),
-            }
-        }
-        if let Some(max) = e.max_benign_accuracy_drop {
-            match (metric(Arm::Off, "benign_accuracy"), metric(Arm::Active, "benign_accuracy")) {
-                (Some(off), Some(on)) if off - on <= max => {}
-                (Some(off), Some(on)) => failures.push(format!(
-                    "run `{}`: benign accuracy without vectors {:.1}% minus with vectors {:.1}% = {:.1} points, \
-                     above expect.max_benign_accuracy_drop = {:.1} points",
-                    run.run,
-                    100.0 * off,
-                    100.0 * on,
-                    100.0 * (off - on),
-                    100.0 * max
-                )),
-                _ => failures.push(format!("run `{}`: no benign accuracy for both arms", run.run)),
             }
         }
     }
