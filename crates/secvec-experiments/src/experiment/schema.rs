@@ -556,31 +556,35 @@ impl Experiment {
             bail!("expect: needs both finetune.arms Off and Active");
         }
         if let Some(e) = &self.expect {
+            // (field, bound, the metric it needs, whether it compares the two arms)
             let needs = [
                 (
                     "max_over_refusal_gap",
                     e.max_over_refusal_gap,
                     Metric::OverRefusal,
+                    true,
                 ),
                 (
                     "max_over_refusal_with_vectors",
                     e.max_over_refusal_with_vectors,
                     Metric::OverRefusal,
+                    false,
                 ),
                 (
                     "max_benign_accuracy_drop",
                     e.max_benign_accuracy_drop,
                     Metric::BenignAccuracy,
+                    true,
                 ),
             ];
-            for (field, bound, metric) in needs {
-                if bound.is_some() && !ev.metrics.contains(&metric) {
+            for (field, bound, metric, both_arms) in needs {
+                if bound.is_none() {
+                    continue;
+                }
+                if !ev.metrics.contains(&metric) {
                     bail!("expect.{field}: needs {metric:?} in evaluate.metrics");
                 }
-                if bound.is_some()
-                    && field != "max_over_refusal_with_vectors"
-                    && !(ft.arms.contains(&Arm::Off) && ft.arms.contains(&Arm::Active))
-                {
+                if both_arms && !(ft.arms.contains(&Arm::Off) && ft.arms.contains(&Arm::Active)) {
                     bail!("expect.{field}: needs both finetune.arms Off and Active");
                 }
             }
