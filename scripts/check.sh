@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The quick check for the edit loop (≤ 5 minutes on a warm build): formatting, the same clippy
-# pass as CI (so its cache is shared with .ci/run), every crate's unit tests and one tiny-model
+# pass as CI (its artifacts are reused by .ci/run when both use one CARGO_TARGET_DIR; .ci/run's
+# default is ~/.cache/secvec/ci-target), every crate's unit tests and one tiny-model
 # end-to-end experiment (align → vectors → both attack arms → evaluation → tables, on the tiny
 # Llama fixture). It is a subset of `bash .ci/run`, which stays the gate: run that before landing.
 #
