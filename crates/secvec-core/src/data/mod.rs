@@ -109,7 +109,9 @@ impl Expected {
                 got == normalize_answer(want)
             }
             Expected::Contains(want) => {
-                contains_bounded(&normalize_answer(response), &normalize_answer(want))
+                let got = normalize_answer(response);
+                contains_bounded(&got, &normalize_answer(want))
+                    || number_word(want).is_some_and(|word| contains_word(&got, word))
             }
         }
     }
@@ -142,6 +144,56 @@ pub fn normalize_answer(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// The English word of a whole number 2–20 or a multiple of ten up to 90 (`"3"` → `"three"`),
+/// so that "A triangle has three sides." is graded like "3 sides". 0 and 1 are left out: "no
+/// one" or "which one" are not answers. Written out here because the numbers of the built-in
+/// benign set are small and a number-to-words crate would be a dependency for twenty-six words.
+fn number_word(text: &str) -> Option<&'static str> {
+    const SMALL: [&str; 21] = [
+        "",
+        "",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+        "twenty",
+    ];
+    const TENS: [&str; 10] = [
+        "", "", "", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+    ];
+    let n: usize = text.trim().parse().ok()?;
+    match n {
+        2..=20 => Some(SMALL[n]),
+        30..=90 if n % 10 == 0 => Some(TENS[n / 10]),
+        _ => None,
+    }
+}
+
+/// `word` occurs in `haystack` as a whole word that is not the first half of a compound number
+/// (`"twenty"` is not found in `"twenty-one"`).
+fn contains_word(haystack: &str, word: &str) -> bool {
+    haystack.match_indices(word).any(|(start, m)| {
+        let before = haystack[..start].chars().next_back();
+        let after = haystack[start + m.len()..].chars().next();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '-')
+            && !after.is_some_and(|c| c.is_alphanumeric() || c == '-')
+    })
 }
 
 /// `needle` occurs in `haystack` with no letter or digit right before or after it.
@@ -291,6 +343,18 @@ mod tests {
         assert!(Expected::Contains("2, 5, 9".into()).matches("2,5,9"));
         assert!(Expected::Contains("1200".into()).matches("1,200 meters"));
         assert!(!Expected::Contains("2, 5, 9".into()).matches("2, 5, 90"));
+    }
+
+    #[test]
+    fn small_numbers_may_be_written_as_words() {
+        assert!(Expected::Contains("3".into()).matches("A triangle has three sides."));
+        assert!(Expected::Contains("7".into()).matches("There are Seven continents."));
+        assert!(Expected::Contains("60".into()).matches("sixty minutes"));
+        assert!(!Expected::Contains("3".into()).matches("A triangle has four sides."));
+        assert!(!Expected::Contains("20".into()).matches("It is twenty-one."));
+        assert!(!Expected::Contains("21".into()).matches("It is twenty-one."));
+        assert!(!Expected::Contains("1".into()).matches("Which one do you mean?"));
+        assert!(!Expected::Contains("6".into()).matches("It is sixteen."));
     }
 
     #[test]
