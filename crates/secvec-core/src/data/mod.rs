@@ -180,7 +180,7 @@ fn number_word(text: &str) -> Option<&'static str> {
     let n: usize = text.trim().parse().ok()?;
     match n {
         2..=20 => Some(SMALL[n]),
-        30..=90 if n % 10 == 0 => Some(TENS[n / 10]),
+        30..=90 if n.is_multiple_of(10) => Some(TENS[n / 10]),
         _ => None,
     }
 }
