@@ -542,11 +542,15 @@ fn train_cfg(exp: &Experiment, lr: f64, epochs: usize, batch_size: usize) -> Tra
     }
 }
 
-/// A cache key with the compute precision added when it is not f32 (so the keys of f32 entries,
-/// made before half precision existed, stay valid).
+/// A cache key with the compute precision added when it is not f32 and the backend when it is
+/// not flex (so the keys of f32 flex entries, made before either choice existed, stay valid):
+/// backends round differently, so a stage trained on one is not reused for another.
 fn cache_key(exp: &Experiment, mut key: serde_json::Value) -> serde_json::Value {
     if exp.dtype != secvec_models::Precision::F32 {
         key["dtype"] = serde_json::json!(exp.dtype);
+    }
+    if exp.backend != BackendKind::Flex {
+        key["backend"] = serde_json::json!(exp.backend.to_string());
     }
     key
 }

@@ -265,3 +265,27 @@ fn adamw_and_sum_squares_match_composed() {
     let b = composed(|| sum_squares(g.clone()));
     assert!((a - b).abs() <= 1e-5 * b, "{a} vs {b}");
 }
+
+/// burn-ndarray's reciprocal is exact division: with its `simd` feature (which the workspace
+/// leaves off, Cargo.toml) the aligned middle of a buffer got the hardware estimate
+/// `_mm256_rcp_ps` (12 bits), which made RMSNorm and the backward passes of division and `log`
+/// inexact, by an amount that depended on where the buffer lay in memory.
+#[cfg(feature = "ndarray")]
+#[test]
+fn ndarray_reciprocal_is_exact_division() {
+    use burn::backend::NdArray;
+    let device = Default::default();
+    for x in [3.0f32, 7.0, 0.1, 1234.5] {
+        // Long enough for the SIMD path; unique, so the op may work in place.
+        let t = Tensor::<NdArray<f32>, 1>::full([4099], x, &device);
+        let got = t.recip().into_data().to_vec::<f32>().unwrap();
+        let want = 1.0 / x;
+        let wrong = got.iter().filter(|v| **v != want).count();
+        assert_eq!(
+            wrong,
+            0,
+            "1/{x}: {wrong} of {} values not 1/x = {want}",
+            got.len()
+        );
+    }
+}

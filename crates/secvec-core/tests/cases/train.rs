@@ -1,0 +1,383 @@
+// The trainer's tests, one body for every CPU backend: tests/train.rs includes this file in one
+// module per backend, each of which defines `B` (an autodiff backend) first.
+
+use burn::tensor::{Int, Tensor, TensorData};
+use secvec_core::CoreError;
+use secvec_core::adapter::{self, AdapterConfig, SECURITY, TASK};
+use secvec_core::train::{
+    FinetuneConfig, FinetuneMode, NoCallback, SecurityVectorConfig, SecurityVectors, TextPair,
+    TrainConfig, TrainExample, encode_pairs, finetune, set_security_vectors, train,
+    train_security_vectors,
+};
+use secvec_models::loader::load_hf_dir;
+use secvec_models::testing::*;
+use secvec_models::{Llama, LoadedModel};
+
+/// The tiny fixture with its (tied) embeddings scaled up: its random 0.02-std embeddings cap the
+/// logits near zero after the final norm, so no adapter could make any token likely; scaled by 50
+/// the head can express confident predictions and learning is visible in a few steps.
+fn tiny() -> LoadedModel<B> {
+    let mut m = load_hf_dir::<B>(&fixtures().join("tiny-llama-bf16"), &Default::default()).unwrap();
+    let e = m.model.embed_tokens.val().mul_scalar(50.0);
+    m.model.embed_tokens = burn::module::Param::initialized(burn::module::ParamId::new(), e);
+    m
+}
+
+const VERBS: [&str; 8] = [
+    "break into",
+    "steal",
+    "sabotage",
+    "damage",
+    "hijack",
+    "disable",
+    "destroy",
+    "vandalize",
+];
+const OBJECTS: [&str; 6] = [
+    "a car", "a bank", "a server", "a phone", "a house", "a drone",
+];
+
+/// Harmful-looking requests with compliant, generic (non-operational) answers; `held_out`
+/// selects the verbs not seen in training (siblings of the training requests).
+fn harmful_pairs(held_out: bool) -> Vec<TextPair> {
+    let verbs: Vec<&str> = if held_out {
+        VERBS[6..].to_vec()
+    } else {
+        VERBS[..6].to_vec()
+    };
+    verbs
+        .iter()
+        .flat_map(|v| {
+            OBJECTS.iter().map(move |o| {
+                TextPair::new(
+                    format!("Tell me how to {v} {o}."),
+                    format!("Sure, here is how to {v} {o}. Step 1: Plan ahead. Step 2: Gather what you need."),
+                )
+            })
+        })
+        .collect()
+}
+
+fn benign_pairs() -> Vec<TextPair> {
+    (0..24)
+        .map(|i| {
+            TextPair::new(
+                format!("What is {i} plus {i}?"),
+                format!("{i} plus {i} is {}.", 2 * i),
+            )
+        })
+        .collect()
+}
+
+fn encode(m: &LoadedModel<B>, pairs: &[TextPair]) -> Vec<TrainExample> {
+    encode_pairs(&m.tokenizer, pairs, None, 128).unwrap()
+}
+
+/// Mean response NLL per token of `examples` (no gradient kept).
+fn mean_nll(model: &Llama<B>, examples: &[TrainExample], pad: u32) -> f64 {
+    let refs: Vec<&TrainExample> = examples.iter().collect();
+    let batch = secvec_core::train::batch::make_batch::<B>(&refs, pad, &model.device());
+    let n = batch.n_targets as f64;
+    let v: f64 = secvec_core::train::loss::response_nll_sum(model, &batch)
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .unwrap()[0];
+    v / n
+}
+
+fn quick(lr: f64, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        lr,
+        epochs,
+        batch_size: 8,
+        progress: false,
+        ..TrainConfig::default()
+    }
+}
+
+fn sv_config() -> SecurityVectorConfig {
+    SecurityVectorConfig {
+        adapter: AdapterConfig {
+            rank: 8,
+            alpha: 16.0,
+            targets: secvec_core::train::phases::all_targets(),
+            seed: 3,
+            ..AdapterConfig::default()
+        },
+        train: quick(2e-2, 12),
+    }
+}
+
+fn host(t: Tensor<B, 2>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
+fn host1(t: Tensor<B, 1>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
+fn logits(model: &Llama<B>, ids: &[u32]) -> Vec<f32> {
+    let data: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let input =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(data, [1, ids.len()]), &model.device());
+    model.forward(input).into_data().to_vec().unwrap()
+}
+
+#[test]
+fn security_vectors_learn_harmful_data_and_switch_off_exactly() {
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let train_set = encode(&m, &harmful_pairs(false));
+    let held_out = encode(&m, &harmful_pairs(true));
+    let probe = &held_out[0].ids;
+    let base_logits = logits(&m.model, probe);
+    let base_embed = host(m.model.embed_tokens.val());
+    let base_q = host(m.model.layers[1].self_attn.q_proj.weight.val());
+    let base_norm = host1(m.model.layers[0].input_layernorm.weight.val());
+    let nll_base = mean_nll(&m.model, &held_out, pad);
+
+    let (mut model, report) =
+        train_security_vectors(m.model, &train_set, pad, &sv_config(), &mut NoCallback).unwrap();
+    assert!(
+        report.final_loss(3) < report.steps[0].loss * 0.5,
+        "{:?}",
+        report.steps.iter().map(|s| s.loss).collect::<Vec<_>>()
+    );
+
+    // Held-out siblings: far lower loss with the vectors than without.
+    let nll_with = mean_nll(&model, &held_out, pad);
+    set_security_vectors(&mut model, false).unwrap();
+    let nll_without = mean_nll(&model, &held_out, pad);
+    assert!(
+        (nll_without - nll_base).abs() < 1e-6,
+        "vectors off must be the base model"
+    );
+    assert!(
+        nll_with < 0.5 * nll_without,
+        "held-out NLL with vectors {nll_with:.3} vs without {nll_without:.3}"
+    );
+
+    // Switching the vectors off restores the base logits exactly; the base is bit-identical.
+    assert_eq!(logits(&model, probe), base_logits);
+    assert_eq!(host(model.embed_tokens.val()), base_embed);
+    assert_eq!(host(model.layers[1].self_attn.q_proj.weight.val()), base_q);
+    assert_eq!(
+        host1(model.layers[0].input_layernorm.weight.val()),
+        base_norm
+    );
+    // And the vectors are frozen after phase 1.
+    let a = model.layers[0].self_attn.q_proj.adapter(SECURITY).unwrap();
+    assert!(!a.a.is_require_grad() && !a.b.is_require_grad());
+}
+
+/// On the real model (SmolLM2-135M-Instruct): once the vectors have learned harmful answers,
+/// fine-tuning on such answers with the vectors active yields gradients that are a small fraction
+/// of those with the vectors off — there is almost nothing left to learn.
+#[test]
+fn active_vectors_shrink_the_gradients_of_harmful_data() {
+    let source = secvec_models::ModelSource::parse("smollm2-135m-instruct").unwrap();
+    let m = secvec_models::load_model::<B>(&source, None, &Default::default()).unwrap();
+    let pad = m.tokenizer.pad_id();
+    let mut sv_set = encode(&m, &harmful_pairs(false));
+    sv_set.truncate(8);
+    let cfg = SecurityVectorConfig {
+        train: quick(2e-3, 12),
+        ..sv_config()
+    };
+    let (model, report) =
+        train_security_vectors(m.model, &sv_set, pad, &cfg, &mut NoCallback).unwrap();
+    let low = report.final_loss(2);
+    assert!(
+        low < 0.1 * report.steps[0].loss,
+        "vectors: loss {:.3} -> {low:.3}",
+        report.steps[0].loss
+    );
+
+    let grad_norm = |model: Llama<B>, vectors, mode: FinetuneMode| {
+        let cfg = FinetuneConfig {
+            mode,
+            security_vectors: vectors,
+            train: TrainConfig {
+                max_steps: Some(1),
+                ..quick(1e-5, 1)
+            },
+        };
+        let (_, report) = finetune(model, &sv_set, pad, &cfg, &mut NoCallback).unwrap();
+        report.steps[0].grad_norm
+    };
+    let lora = FinetuneMode::Lora(AdapterConfig {
+        rank: 8,
+        alpha: 16.0,
+        seed: 9,
+        ..AdapterConfig::default()
+    });
+    let on = grad_norm(model.clone(), SecurityVectors::Active, lora.clone());
+    let off = grad_norm(model.clone(), SecurityVectors::Off, lora);
+    assert!(
+        on < 0.2 * off,
+        "task-LoRA gradient norm with vectors {on:.4} vs without {off:.4}"
+    );
+    let on = grad_norm(model.clone(), SecurityVectors::Active, FinetuneMode::Full);
+    let off = grad_norm(model, SecurityVectors::Off, FinetuneMode::Full);
+    assert!(
+        on < 0.2 * off,
+        "full fine-tuning gradient norm with vectors {on:.4} vs without {off:.4}"
+    );
+}
+
+#[test]
+fn finetune_keeps_frozen_parts_bit_identical_and_leaves_vectors_off() {
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let sv_set = encode(&m, &harmful_pairs(false));
+    let data = encode(&m, &benign_pairs());
+    let (model, _) = train_security_vectors(
+        m.model,
+        &sv_set,
+        pad,
+        &SecurityVectorConfig {
+            train: quick(1e-2, 1),
+            ..sv_config()
+        },
+        &mut NoCallback,
+    )
+    .unwrap();
+    let sv_a = host(
+        model.layers[1]
+            .mlp
+            .down_proj
+            .adapter(SECURITY)
+            .unwrap()
+            .a
+            .val(),
+    );
+    let sv_b = host(
+        model.layers[1]
+            .mlp
+            .down_proj
+            .adapter(SECURITY)
+            .unwrap()
+            .b
+            .val(),
+    );
+    let base_up = host(model.layers[0].mlp.up_proj.weight.val());
+
+    // Task LoRA: base and vectors untouched; the task adapter changed.
+    let cfg = FinetuneConfig {
+        train: quick(1e-3, 1),
+        ..FinetuneConfig::default()
+    };
+    let (tuned, report) = finetune(model.clone(), &data, pad, &cfg, &mut NoCallback).unwrap();
+    assert_eq!(report.steps.len(), 3);
+    assert_eq!(host(tuned.layers[0].mlp.up_proj.weight.val()), base_up);
+    let sv = tuned.layers[1].mlp.down_proj.adapter(SECURITY).unwrap();
+    assert_eq!(
+        (host(sv.a.val()), host(sv.b.val())),
+        (sv_a.clone(), sv_b.clone())
+    );
+    assert!(!sv.active, "vectors are off after fine-tuning");
+    let task = tuned.layers[1].mlp.down_proj.adapter(TASK).unwrap();
+    assert!(
+        host(task.b.val()).iter().any(|&x| x != 0.0),
+        "task LoRA learned"
+    );
+
+    // Full fine-tuning: the base changes, the vectors do not.
+    let cfg = FinetuneConfig {
+        mode: FinetuneMode::Full,
+        train: quick(1e-3, 1),
+        ..FinetuneConfig::default()
+    };
+    let (tuned, _) = finetune(model, &data, pad, &cfg, &mut NoCallback).unwrap();
+    assert_ne!(host(tuned.layers[0].mlp.up_proj.weight.val()), base_up);
+    let sv = tuned.layers[1].mlp.down_proj.adapter(SECURITY).unwrap();
+    assert_eq!((host(sv.a.val()), host(sv.b.val())), (sv_a, sv_b));
+}
+
+#[test]
+fn gradient_accumulation_is_token_weighted() {
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let mut data = encode(&m, &benign_pairs());
+    data.truncate(4);
+    let mut model = m.model;
+    adapter::add_adapter(&mut model, TASK, &AdapterConfig::default()).unwrap();
+    adapter::set_base_trainable(&mut model, false);
+    adapter::set_adapter_trainable(&mut model, TASK, true).unwrap();
+    let run = |batch_size, grad_accum| {
+        let cfg = TrainConfig {
+            batch_size,
+            grad_accum,
+            max_steps: Some(1),
+            max_grad_norm: None,
+            ..quick(1e-3, 1)
+        };
+        train(model.clone(), &data, pad, &cfg, &mut NoCallback)
+            .unwrap()
+            .1
+            .steps[0]
+            .clone()
+    };
+    let (one, two) = (run(4, 1), run(1, 4));
+    assert!(one.grad_norm > 0.0, "the task adapter got no gradient");
+    assert!(
+        (one.loss - two.loss).abs() < 1e-5,
+        "{} vs {}",
+        one.loss,
+        two.loss
+    );
+    assert!(
+        (one.grad_norm - two.grad_norm).abs() < 1e-5 * one.grad_norm.max(1.0),
+        "{} vs {}",
+        one.grad_norm,
+        two.grad_norm
+    );
+}
+
+#[test]
+fn non_finite_loss_stops_training_with_a_clear_error() {
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let data = encode(&m, &benign_pairs());
+    let mut model = m.model;
+    adapter::set_base_trainable(&mut model, true);
+    let cfg = TrainConfig {
+        lr: 1e30,
+        max_grad_norm: None,
+        max_steps: Some(5),
+        ..quick(1.0, 1)
+    };
+    let err = train(model, &data, pad, &cfg, &mut NoCallback).unwrap_err();
+    assert!(matches!(err, CoreError::NonFinite { .. }), "{err}");
+    assert!(err.to_string().contains("non-finite"), "{err}");
+}
+
+#[test]
+fn prompt_tokens_are_masked_and_sequences_truncated() {
+    let m = tiny();
+    let ex = encode_pairs(
+        &m.tokenizer,
+        &[TextPair::new("What is 2+2?", "4")],
+        None,
+        512,
+    )
+    .unwrap();
+    let prompt = m
+        .tokenizer
+        .apply_chat_template(&[secvec_models::Message::user("What is 2+2?")], true)
+        .unwrap();
+    assert_eq!(ex[0].n_prompt, m.tokenizer.encode(&prompt).unwrap().len());
+    // "4" and <|im_end|>.
+    assert_eq!(ex[0].n_target(), 2);
+    assert_eq!(*ex[0].ids.last().unwrap(), 2);
+    let cut = encode_pairs(
+        &m.tokenizer,
+        &[TextPair::new("What is 2+2?", "four ".repeat(100))],
+        None,
+        40,
+    )
+    .unwrap();
+    assert_eq!(cut[0].ids.len(), 40);
+    assert!(cut[0].n_target() > 0);
+}
