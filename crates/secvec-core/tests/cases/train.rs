@@ -243,24 +243,8 @@ fn finetune_keeps_frozen_parts_bit_identical_and_leaves_vectors_off() {
         &mut NoCallback,
     )
     .unwrap();
-    let sv_a = host(
-        model.layers[1]
-            .mlp
-            .down_proj
-            .adapter(SECURITY)
-            .unwrap()
-            .a
-            .val(),
-    );
-    let sv_b = host(
-        model.layers[1]
-            .mlp
-            .down_proj
-            .adapter(SECURITY)
-            .unwrap()
-            .b
-            .val(),
-    );
+    let sv = model.layers[1].mlp.down_proj.adapter(SECURITY).unwrap();
+    let (sv_a, sv_b) = (host(sv.a.val()), host(sv.b.val()));
     let base_up = host(model.layers[0].mlp.up_proj.weight.val());
 
     // Task LoRA: base and vectors untouched; the task adapter changed.
