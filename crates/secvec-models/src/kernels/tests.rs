@@ -267,9 +267,10 @@ fn adamw_and_sum_squares_match_composed() {
 }
 
 /// burn-ndarray's reciprocal is exact division: with its `simd` feature (which the workspace
-/// leaves off, Cargo.toml) the aligned middle of a buffer got the hardware estimate
-/// `_mm256_rcp_ps` (12 bits), which made RMSNorm and the backward passes of division and `log`
-/// inexact, by an amount that depended on where the buffer lay in memory.
+/// leaves off, Cargo.toml) whole SIMD vectors got the hardware estimate (`rcp14`/`rcp_ps`,
+/// 12-14 bits) and only the elements left over exact division, which made RMSNorm and the
+/// backward passes of division and `log` inexact, by an amount that depended on where the buffer
+/// lay in memory.
 #[cfg(feature = "ndarray")]
 #[test]
 fn ndarray_reciprocal_is_exact_division() {
