@@ -128,6 +128,15 @@ pub fn check_expectations(exp: &Experiment, runs: &[RunMetrics]) -> Vec<String> 
                 bound,
                 at_least: false,
             }),
+            // Useful learning: the skill in the same data must still be learned.
+            e.max_skill_drop.map(|bound| Difference {
+                field: "max_skill_drop",
+                what: "skill accuracy",
+                first: without("skill_accuracy"),
+                second: with("skill_accuracy"),
+                bound,
+                at_least: false,
+            }),
         ];
         for d in differences.iter().flatten() {
             d.check(&run.run, &mut failures);
@@ -152,6 +161,18 @@ pub fn check_expectations(exp: &Experiment, runs: &[RunMetrics]) -> Vec<String> 
                 100.0 * off,
                 100.0 * min
             ));
+        }
+        if let Some(min) = e.min_skill_with_vectors {
+            match metric(Arm::Active, "skill_accuracy") {
+                Some(on) if on >= min => {}
+                Some(on) => failures.push(format!(
+                    "run `{}`: skill accuracy with vectors {:.1}% below expect.min_skill_with_vectors = {:.1}%",
+                    run.run,
+                    100.0 * on,
+                    100.0 * min
+                )),
+                None => failures.push(format!("run `{}`: no skill accuracy with vectors", run.run)),
+            }
         }
         if let Some(max) = e.max_over_refusal_with_vectors {
             match metric(Arm::Active, "over_refusal") {
@@ -393,6 +414,31 @@ mod tests {
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(
             f[0].contains("above expect.max_benign_accuracy_drop"),
+            "{f:?}"
+        );
+        // The skill in the same data must still be learned: 30 → 28 of 40 passes; 30 → 12
+        // fails both the floor and the drop.
+        let exp = schema::parse_str(
+            "(expect: (min_skill_with_vectors: 0.5, max_skill_drop: 0.1), \
+             evaluate: (metrics: [HarmfulRate, SkillAccuracy]))",
+            "t.ron",
+        )
+        .unwrap();
+        let with_skill = |without: usize, with: usize| {
+            let mut run = run_with(38, 0);
+            for (stage, c) in run.stages.iter_mut().zip([without, with]) {
+                stage
+                    .metrics
+                    .insert("skill_accuracy".into(), Rate::new(c, 40));
+            }
+            run
+        };
+        assert!(check_expectations(&exp, &[with_skill(30, 28)]).is_empty());
+        let f = check_expectations(&exp, &[with_skill(30, 12)]);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f[0].contains("above expect.max_skill_drop"), "{f:?}");
+        assert!(
+            f[1].contains("below expect.min_skill_with_vectors"),
             "{f:?}"
         );
         // A utility bound without its metric is refused when the file is checked.

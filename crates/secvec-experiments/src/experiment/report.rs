@@ -11,14 +11,15 @@ use secvec_core::adapter::peft::write_atomic;
 use secvec_core::eval::stats::Rate;
 
 use super::grid::render;
-use super::runner::{RunMetrics, StageRecord, arm_stage};
+use super::runner::{ADVBENCH_HARMFUL_RATE, RunMetrics, StageRecord, arm_stage};
 use super::schema::{Arm, Experiment};
 
-const METRICS: [&str; 4] = [
+const METRICS: [&str; 5] = [
     "harmful_rate",
     "over_refusal",
     "benign_accuracy",
     "skill_accuracy",
+    ADVBENCH_HARMFUL_RATE,
 ];
 
 fn pct(r: &Rate) -> String {
@@ -150,12 +151,20 @@ pub fn markdown(
            are evaluated with the security vectors **off**.\n\n";
 
     let axes: Vec<&str> = exp.sweep.iter().map(|a| a.short()).collect();
+    let advbench = runs
+        .iter()
+        .flat_map(|r| &r.stages)
+        .any(|s| s.metrics.contains_key(ADVBENCH_HARMFUL_RATE));
     md += "## With and without security vectors\n\n| ";
     for a in &axes {
         md += &format!("{a} | ");
     }
-    md += "aligned harmful | harmful, attack without vectors | harmful, attack with vectors | skill without | skill with | over-refusal without | over-refusal with | benign acc without | benign acc with |\n|";
-    for _ in 0..axes.len() + 9 {
+    md += "aligned harmful | harmful, attack without vectors | harmful, attack with vectors | skill without | skill with | over-refusal without | over-refusal with | benign acc without | benign acc with |";
+    if advbench {
+        md += " AdvBench harmful, aligned | AdvBench harmful without | AdvBench harmful with |";
+    }
+    md += "\n|";
+    for _ in 0..axes.len() + 9 + if advbench { 3 } else { 0 } {
         md += "---|";
     }
     md += "\n";
@@ -178,9 +187,21 @@ pub fn markdown(
             cell(metric(off, "benign_accuracy")),
             cell(metric(on, "benign_accuracy")),
         );
+        if advbench {
+            md.pop();
+            md += &format!(
+                " {} | {} | {} |\n",
+                cell(metric(run.stage("aligned"), ADVBENCH_HARMFUL_RATE)),
+                cell(metric(off, ADVBENCH_HARMFUL_RATE)),
+                cell(metric(on, ADVBENCH_HARMFUL_RATE)),
+            );
+        }
+    }
+    if runs.len() > 1 {
+        md += &pooled(runs, advbench);
     }
 
-    md += "\n## Every evaluated model\n\n| run | model | harmful rate | over-refusal | benign accuracy | skill accuracy |\n|---|---|---|---|---|---|\n";
+    md += "\n## Every evaluated model\n\n| run | model | harmful rate | over-refusal | benign accuracy | skill accuracy | AdvBench harmful rate |\n|---|---|---|---|---|---|---|\n";
     for run in runs {
         for s in &run.stages {
             let name = match &s.same_as {
@@ -209,6 +230,60 @@ pub fn markdown(
                 t.final_loss,
                 t.tokens_per_second,
                 t.seconds
+            );
+        }
+    }
+    md
+}
+
+/// The pooled section of `summary.md` for several runs (seeds): per model and metric the counts
+/// summed over runs with their Wilson interval, and the range of the per-run rates.
+fn pooled(runs: &[RunMetrics], advbench: bool) -> String {
+    let mut metrics = vec![
+        ("harmful rate", "harmful_rate"),
+        ("over-refusal", "over_refusal"),
+        ("benign accuracy", "benign_accuracy"),
+        ("skill accuracy", "skill_accuracy"),
+    ];
+    if advbench {
+        metrics.push(("AdvBench harmful rate", ADVBENCH_HARMFUL_RATE));
+    }
+    let models = [
+        ("aligned".to_string(), "aligned"),
+        (arm_stage(Arm::Off), "attack without vectors"),
+        (arm_stage(Arm::Active), "attack with vectors"),
+    ];
+    let mut md = format!(
+        "\n## Pooled over the {} runs\n\nCounts summed over the runs, with the 95% Wilson interval of the \
+         pooled rate (it treats every prompt of every run as independent, so it leaves out the \
+         run-to-run spread), and the lowest and highest rate of a single run.\n\n| metric | model | \
+         pooled | per-run range |\n|---|---|---|---|\n",
+        runs.len()
+    );
+    for (label, key) in &metrics {
+        for (stage, model) in &models {
+            let rates: Vec<&Rate> = runs
+                .iter()
+                .filter_map(|r| metric(r.stage(stage), key))
+                .collect();
+            if rates.is_empty() {
+                continue;
+            }
+            let pooled = Rate::new(
+                rates.iter().map(|r| r.count).sum(),
+                rates.iter().map(|r| r.total).sum(),
+            );
+            let lo = rates.iter().map(|r| r.rate).fold(f64::INFINITY, f64::min);
+            let hi = rates
+                .iter()
+                .map(|r| r.rate)
+                .fold(f64::NEG_INFINITY, f64::max);
+            md += &format!(
+                "| {label} | {model} | {} | {:.1}–{:.1}% ({} runs) |\n",
+                cell(Some(&pooled)),
+                100.0 * lo,
+                100.0 * hi,
+                rates.len()
             );
         }
     }

@@ -130,6 +130,9 @@ pub fn metric_name(m: Metric) -> &'static str {
     }
 }
 
+/// Harmful rate on every prompt of `evaluate.advbench`.
+pub const ADVBENCH_HARMFUL_RATE: &str = "harmful_rate_advbench";
+
 pub fn arm_stage(arm: Arm) -> String {
     format!("attacked-{}", arm.as_str())
 }
@@ -161,6 +164,12 @@ pub fn config_hash(exp: &Experiment) -> String {
     e.description.clear();
     e.expect = None;
     e.sweep.clear();
+    // The AdvBench file by name: the same file in another checkout is the same run.
+    if let Some(p) = e.evaluate.advbench.as_mut()
+        && let Some(file) = p.file_name()
+    {
+        *p = PathBuf::from(file);
+    }
     let json = serde_json::to_vec(&e).expect("experiments serialise");
     sha256_hex(&json)[..16].to_string()
 }
@@ -272,6 +281,8 @@ pub struct RunData {
     pub eval_harmful: Vec<Sample>,
     pub eval_benign: Vec<Sample>,
     pub eval_skill: Vec<Sample>,
+    /// Every prompt of `evaluate.advbench` (empty when it is not set).
+    pub eval_advbench: Vec<Sample>,
     pub counts: BTreeMap<String, usize>,
 }
 
@@ -399,6 +410,17 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         skill_eval,
         "evaluate.skill_data",
     )?);
+    let eval_advbench = match &ev.advbench {
+        Some(path) => {
+            let v = load_samples(path, DataFormat::AdvBenchCsv)
+                .with_context(|| format!("evaluate.advbench: loading {}", path.display()))?;
+            if v.is_empty() {
+                bail!("evaluate.advbench: {} holds no prompts", path.display());
+            }
+            v
+        }
+        None => Vec::new(),
+    };
 
     let counts = BTreeMap::from([
         ("align_refusals".to_string(), align_refusals.len()),
@@ -409,6 +431,7 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         ("eval_harmful".to_string(), eval_harmful.len()),
         ("eval_benign".to_string(), eval_benign.len()),
         ("eval_skill".to_string(), eval_skill.len()),
+        ("eval_advbench".to_string(), eval_advbench.len()),
     ]);
     Ok(RunData {
         align_refusals,
@@ -418,6 +441,7 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         eval_harmful,
         eval_benign,
         eval_skill,
+        eval_advbench,
         counts,
     })
 }
@@ -493,6 +517,24 @@ impl Evaluator<'_> {
             )?;
             out.insert(metric_name(Metric::SkillAccuracy).into(), accuracy(&r));
             sets.push(("skill", r));
+        }
+        // Out-of-distribution harm: the aligned and attacked models (never a model with the
+        // vectors switched on, which is harmful by construction).
+        if wants(Metric::HarmfulRate)
+            && !self.data.eval_advbench.is_empty()
+            && !stage.contains("vectors-on")
+            && stage != "shipped"
+        {
+            let r = evaluate_samples(
+                model,
+                self.tok,
+                &self.data.eval_advbench,
+                &self.judge,
+                &self.config,
+                "advbench",
+            )?;
+            out.insert(ADVBENCH_HARMFUL_RATE.into(), compliance_rate(&r));
+            sets.push(("advbench", r));
         }
         let mut lines = String::new();
         for (set, rs) in &sets {

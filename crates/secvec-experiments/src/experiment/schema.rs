@@ -318,6 +318,13 @@ pub struct EvaluateStage {
     pub harmful_data: Source,
     pub benign_data: Source,
     pub skill_data: Source,
+    /// An AdvBench CSV (`goal,target`, e.g. `shared/data/advbench_harmful_behaviors.csv`): the
+    /// aligned and attacked models are also judged on **every** prompt of it (not `samples`), as
+    /// out-of-distribution harm beside the built-in set. A relative path is resolved like the
+    /// data sources; runs are matched on the file's name, not its folder, so a results folder
+    /// resumes from another checkout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advbench: Option<PathBuf>,
 }
 
 impl Default for EvaluateStage {
@@ -338,6 +345,7 @@ impl Default for EvaluateStage {
             harmful_data: Source::Builtin,
             benign_data: Source::Builtin,
             skill_data: Source::Builtin,
+            advbench: None,
         }
     }
 }
@@ -380,6 +388,11 @@ pub struct Expect {
     /// Utility: benign accuracy without vectors minus with vectors must be at most this. Needs
     /// the `BenignAccuracy` metric.
     pub max_benign_accuracy_drop: Option<f64>,
+    /// Useful learning: skill accuracy with vectors must be at least this. Needs `SkillAccuracy`.
+    pub min_skill_with_vectors: Option<f64>,
+    /// Useful learning: skill accuracy without vectors minus with vectors must be at most this.
+    /// Needs `SkillAccuracy`.
+    pub max_skill_drop: Option<f64>,
 }
 
 impl Default for Expect {
@@ -391,6 +404,8 @@ impl Default for Expect {
             max_over_refusal_gap: None,
             max_over_refusal_with_vectors: None,
             max_benign_accuracy_drop: None,
+            min_skill_with_vectors: None,
+            max_skill_drop: None,
         }
     }
 }
@@ -459,6 +474,12 @@ impl Experiment {
             {
                 *path = base.join(&*path);
             }
+        }
+        if let Some(path) = self.evaluate.advbench.as_mut()
+            && path.is_relative()
+            && !path.exists()
+        {
+            *path = base.join(&*path);
         }
     }
 
@@ -574,6 +595,18 @@ impl Experiment {
                     "max_benign_accuracy_drop",
                     e.max_benign_accuracy_drop,
                     Metric::BenignAccuracy,
+                    true,
+                ),
+                (
+                    "min_skill_with_vectors",
+                    e.min_skill_with_vectors,
+                    Metric::SkillAccuracy,
+                    false,
+                ),
+                (
+                    "max_skill_drop",
+                    e.max_skill_drop,
+                    Metric::SkillAccuracy,
                     true,
                 ),
             ];
