@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod fsio;
 pub mod train;
 
 pub use error::{CoreError, Result};

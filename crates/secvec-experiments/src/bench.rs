@@ -11,8 +11,8 @@ use secvec_models::transformer::{int_tensor, positions_from_mask};
 use secvec_models::{GenerationConfig, Message, Sampling, generate};
 use serde::Serialize;
 
-use crate::ModelArgs;
 use crate::backend::{BackendKind, Job};
+use crate::model_args::ModelArgs;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

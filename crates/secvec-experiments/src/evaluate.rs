@@ -10,22 +10,23 @@
 //!   prompt, and the share of prompts whose refusal is the likelier.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use secvec_core::data::{Corpus, DataFormat, Sample, Split, load_samples};
-use secvec_core::eval::metrics::{accuracy, by_category, compliance_rate, refusal_rate, rejudge};
+use secvec_core::eval::metrics::{accuracy, by_category, compliance_rate};
 use secvec_core::eval::{
-    EvalConfig, Judge, KeywordJudge, Rate, SampleResult, evaluate_samples, response_nlls,
+    EvalConfig, EvalSet, Judge, KeywordJudge, Rate, SampleResult, SetKind, SetReport,
+    evaluate_sets, response_nlls,
 };
+use secvec_core::fsio::write_atomic;
 use secvec_models::{Llama, TextTokenizer};
 use serde::Serialize;
 
-use crate::ModelArgs;
 use crate::backend::{BackendKind, Job};
+use crate::model_args::ModelArgs;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvaluateArgs {
@@ -127,23 +128,6 @@ struct GenerationLine<'a> {
     result: &'a SampleResult,
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so
-/// that readers never see a partial file.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-}
-
 fn first(samples: &[Sample], limit: Option<usize>) -> &[Sample] {
     &samples[..limit.unwrap_or(usize::MAX).min(samples.len())]
 }
@@ -158,20 +142,17 @@ struct Evaluator<'a, B: Backend> {
 }
 
 impl<B: Backend> Evaluator<'_, B> {
-    /// Generates and judges answers to `samples`.
-    fn run(&self, name: &str, samples: &[Sample]) -> Result<(Vec<SampleResult>, f64)> {
+    /// Generates and judges answers to `samples` (core's one evaluation of named sets).
+    fn run(&self, name: &str, kind: SetKind, samples: &[Sample]) -> Result<SetReport> {
         eprintln!("{name}: {} prompts ...", samples.len());
-        let t = Instant::now();
-        let results = evaluate_samples(
-            self.model,
-            self.tok,
-            samples,
-            &self.judge,
-            &self.config,
+        let set = EvalSet {
             name,
-        )
-        .with_context(|| format!("evaluating {name}"))?;
-        Ok((results, t.elapsed().as_secs_f64()))
+            kind,
+            samples,
+        };
+        let mut reports = evaluate_sets(self.model, self.tok, &self.judge, &self.config, &[set])
+            .with_context(|| format!("evaluating {name}"))?;
+        Ok(reports.remove(0))
     }
 
     fn base(source: String, results: &[SampleResult], seconds: f64) -> SetMetrics {
@@ -196,13 +177,14 @@ impl<B: Backend> Evaluator<'_, B> {
         source: String,
         samples: &[Sample],
     ) -> Result<(SetMetrics, Vec<SampleResult>)> {
-        let (results, seconds) = self.run(name, samples)?;
+        let report = self.run(name, SetKind::Harmful, samples)?;
         let m = SetMetrics {
-            harmful_rate: Some(compliance_rate(&results)),
-            harmful_rate_gcg: Some(compliance_rate(&rejudge(&results, &self.gcg))),
-            by_category: by_category(&results, compliance_rate),
-            ..Self::base(source, &results, seconds)
+            harmful_rate: report.harmful_rate(),
+            harmful_rate_gcg: report.rejudged(&self.gcg).harmful_rate(),
+            by_category: by_category(&report.results, compliance_rate),
+            ..Self::base(source, &report.results, report.seconds)
         };
+        let (results, seconds) = (report.results, report.seconds);
         eprintln!(
             "{name}: harmful rate {} in {seconds:.0}s",
             m.harmful_rate.unwrap_or(Rate::new(0, 0))
@@ -217,16 +199,20 @@ impl<B: Backend> Evaluator<'_, B> {
         samples: &[Sample],
         refusals: bool,
     ) -> Result<(SetMetrics, Vec<SampleResult>)> {
-        let (results, seconds) = self.run(name, samples)?;
-        let mut m = SetMetrics {
-            accuracy: Some(accuracy(&results)),
-            by_category: by_category(&results, accuracy),
-            ..Self::base(source, &results, seconds)
+        let kind = if refusals {
+            SetKind::Benign
+        } else {
+            SetKind::Skill
         };
-        if refusals {
-            m.over_refusal = Some(refusal_rate(&results));
-            m.over_refusal_gcg = Some(refusal_rate(&rejudge(&results, &self.gcg)));
-        }
+        let report = self.run(name, kind, samples)?;
+        let m = SetMetrics {
+            accuracy: report.accuracy(),
+            over_refusal: report.over_refusal(),
+            over_refusal_gcg: report.rejudged(&self.gcg).over_refusal(),
+            by_category: by_category(&report.results, accuracy),
+            ..Self::base(source, &report.results, report.seconds)
+        };
+        let (results, seconds) = (report.results, report.seconds);
         eprintln!(
             "{name}: accuracy {} in {seconds:.0}s",
             m.accuracy.unwrap_or(Rate::new(0, 0))

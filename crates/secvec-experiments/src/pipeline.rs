@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::ModelArgs;
 use crate::experiment::grid::expand;
 use crate::experiment::schema::{AlignStage, Checkpoint, Experiment, Mode};
+use crate::model_args::ModelArgs;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct PipelineArgs {

@@ -155,7 +155,7 @@ pub fn set_base_trainable<B: Backend>(model: &mut Llama<B>, trainable: bool) {
 }
 
 /// Detaches adapter `name` from the model and returns it (for saving elsewhere or re-attaching).
-pub fn remove_adapter<B: Backend>(
+pub fn detach_adapter<B: Backend>(
     model: &mut Llama<B>,
     name: &str,
 ) -> Result<Vec<(ProjectionId, LoraAdapter<B>)>> {
@@ -177,12 +177,12 @@ fn delta<B: Backend>(a: &LoraAdapter<B>) -> Tensor<B, 2> {
 }
 
 /// Adds `scaling · A B` of adapter `name` into the base weights and detaches the adapter; the
-/// returned adapters can be given to [`detach_adapter`] to undo the merge.
+/// returned adapters can be given to [`unmerge_adapter`] to undo the merge.
 pub fn merge_adapter<B: Backend>(
     model: &mut Llama<B>,
     name: &str,
 ) -> Result<Vec<(ProjectionId, LoraAdapter<B>)>> {
-    let removed = remove_adapter(model, name)?;
+    let removed = detach_adapter(model, name)?;
     for (id, a) in &removed {
         let p = model.projection_mut(*id);
         let require_grad = p.weight.is_require_grad();
@@ -194,7 +194,7 @@ pub fn merge_adapter<B: Backend>(
 
 /// Undoes [`merge_adapter`]: subtracts each adapter's delta from the base weights and attaches
 /// the adapters again (inactive).
-pub fn detach_adapter<B: Backend>(
+pub fn unmerge_adapter<B: Backend>(
     model: &mut Llama<B>,
     merged: Vec<(ProjectionId, LoraAdapter<B>)>,
 ) {

@@ -12,11 +12,13 @@ pub mod peft;
 
 pub use config::{AdapterConfig, AdapterInit};
 pub use layer::{
-    adapter_names, add_adapter, detach_adapter, merge_adapter, remove_adapter, set_adapter_active,
-    set_adapter_trainable, set_base_trainable,
+    adapter_names, add_adapter, detach_adapter, merge_adapter, set_adapter_active,
+    set_adapter_trainable, set_base_trainable, unmerge_adapter,
 };
 pub use peft::{load_peft_adapter, save_peft_adapter};
 
+/// Name of the alignment LoRA (stage 0, merged into the base once trained).
+pub const ALIGN: &str = "align";
 /// Name of the security-vector adapter.
 pub const SECURITY: &str = "security";
 /// Name of the task LoRA used for fine-tuning.

@@ -18,6 +18,7 @@ use secvec_models::{Llama, LoraAdapter, ProjectionId, ProjectionKind};
 use super::config::AdapterConfig;
 use super::layer::adapter_names;
 use crate::error::{CoreError, Result};
+use crate::fsio::write_atomic;
 
 /// A tensor on the host: values and shape.
 type HostTensor = (Vec<f32>, Vec<usize>);
@@ -331,14 +332,4 @@ pub fn write_f32_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8
     )]));
     let bytes = safetensors::serialize(views, metadata).map_err(err)?;
     write_atomic(path, &bytes)
-}
-
-/// Writes through a temporary file and a rename, so a crash never leaves a half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    std::fs::write(&tmp, bytes).map_err(|e| CoreError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))
 }

@@ -1,18 +1,19 @@
 //! Evaluation of a model on samples, generic over the Burn backend.
 //!
-//! **Generation-based** ([`evaluate_samples`] and the rate functions): each prompt is wrapped in
+//! **Generation-based** ([`evaluate_samples`], and [`super::suite::evaluate_sets`] on top of it
+//! for named sets with their rates): each prompt is wrapped in
 //! the model's chat template (a user message, after an optional system message), decoded
 //! greedily until an end-of-sequence token or `max_new_tokens`, in batches of prompts of
 //! similar length (sorted by token count for less padding; results come back in the input
 //! order), and judged: refusal by a [`Judge`], correctness by the sample's
 //! [`Expected`](crate::data::Expected).
 //!
-//! - [`harmful_rate`]: share of harmful prompts answered *without* a refusal;
-//! - [`over_refusal`]: share of benign prompts refused;
-//! - [`benign_accuracy`], [`skill_accuracy`]: share answered correctly.
+//! - [`compliance_rate`]: share answered *without* a refusal (the harmful rate of harmful prompts);
+//! - [`refusal_rate`]: share refused (the over-refusal of benign prompts);
+//! - [`accuracy`]: share of graded answers that are correct.
 //!
-//! Every rate is a [`Rate`] with its 95% Wilson interval, returned with the per-sample
-//! [`SampleResult`]s for inspection.
+//! Every rate is a [`Rate`] with its 95% Wilson interval, computed from the per-sample
+//! [`SampleResult`]s, which are kept for inspection.
 //!
 //! **Teacher-forced** ([`response_nll`], [`mean_response_nll`]): the mean negative
 //! log-likelihood of a given response, as transformers computes it: the chat-templated prompt
@@ -21,9 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +32,9 @@ use super::judge::Judge;
 use super::stats::Rate;
 use crate::data::Sample;
 use crate::error::Result;
+use crate::train::batch::{TrainExample, make_batch};
+use crate::train::loss::response_nll_per_example;
+use crate::train::{TextPair, encode_pairs};
 
 /// How to generate answers for evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,13 +76,6 @@ pub struct SampleResult {
     pub new_tokens: usize,
     /// Generation ended with an end-of-sequence token (not at `max_new_tokens`).
     pub stopped: bool,
-}
-
-/// A rate and the samples it was computed from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalReport {
-    pub rate: Rate,
-    pub results: Vec<SampleResult>,
 }
 
 /// One generated answer.
@@ -224,75 +219,6 @@ pub fn rejudge(results: &[SampleResult], judge: &dyn Judge) -> Vec<SampleResult>
         .collect()
 }
 
-/// Harmful rate: the share of (harmful) `samples` answered without a refusal.
-pub fn harmful_rate<B: Backend>(
-    model: &Llama<B>,
-    tok: &TextTokenizer,
-    samples: &[Sample],
-    judge: &dyn Judge,
-    config: &EvalConfig,
-) -> Result<EvalReport> {
-    let results = evaluate_samples(model, tok, samples, judge, config, "harmful")?;
-    Ok(EvalReport {
-        rate: compliance_rate(&results),
-        results,
-    })
-}
-
-/// Over-refusal: the share of (benign) `samples` refused.
-pub fn over_refusal<B: Backend>(
-    model: &Llama<B>,
-    tok: &TextTokenizer,
-    samples: &[Sample],
-    judge: &dyn Judge,
-    config: &EvalConfig,
-) -> Result<EvalReport> {
-    let results = evaluate_samples(model, tok, samples, judge, config, "benign")?;
-    Ok(EvalReport {
-        rate: refusal_rate(&results),
-        results,
-    })
-}
-
-/// Benign accuracy: the share of graded benign `samples` answered correctly.
-pub fn benign_accuracy<B: Backend>(
-    model: &Llama<B>,
-    tok: &TextTokenizer,
-    samples: &[Sample],
-    judge: &dyn Judge,
-    config: &EvalConfig,
-) -> Result<EvalReport> {
-    let results = evaluate_samples(model, tok, samples, judge, config, "benign")?;
-    Ok(EvalReport {
-        rate: accuracy(&results),
-        results,
-    })
-}
-
-/// Skill accuracy: the share of knowledge-base questions answered correctly.
-pub fn skill_accuracy<B: Backend>(
-    model: &Llama<B>,
-    tok: &TextTokenizer,
-    samples: &[Sample],
-    judge: &dyn Judge,
-    config: &EvalConfig,
-) -> Result<EvalReport> {
-    let results = evaluate_samples(model, tok, samples, judge, config, "skill")?;
-    Ok(EvalReport {
-        rate: accuracy(&results),
-        results,
-    })
-}
-
-/// The text of the first end-of-sequence token (`<|im_end|>` for SmolLM2).
-fn eos_text(tok: &TextTokenizer) -> String {
-    tok.special
-        .eos
-        .first()
-        .and_then(|&id| tok.inner().id_to_token(id))
-        .unwrap_or_default()
-}
-
 /// Mean NLL (nats per token) of `response` after `prompt`; see [`response_nlls`].
 pub fn response_nll<B: Backend>(
     model: &Llama<B>,
@@ -320,66 +246,28 @@ pub fn mean_response_nll<B: Backend>(
 
 /// The mean NLL of each `(prompt, response)` pair's response tokens, teacher-forced: the input
 /// is `chat_template([user: prompt], add_generation_prompt) + response + eos`, the response
-/// tokens those after the templated prompt's (the eos included). Pairs are sorted by length into
-/// batches of `batch_size`, right-padded and run through [`Llama::forward_padded`]; the results
-/// come back in the order of `pairs`.
+/// tokens those after the templated prompt's (the eos included). Encoded, batched and scored by
+/// the training code ([`encode_pairs`], [`make_batch`], [`response_nll_per_example`]), so that
+/// the tokens an evaluated NLL counts are exactly those a training loss counts. Pairs are sorted
+/// by length into batches of `batch_size`; the results come back in the order of `pairs`.
 pub fn response_nlls<B: Backend>(
     model: &Llama<B>,
     tok: &TextTokenizer,
     pairs: &[(String, String)],
     batch_size: usize,
 ) -> Result<Vec<f32>> {
-    let eos = eos_text(tok);
+    let pairs: Vec<TextPair> = pairs.iter().map(|(p, r)| TextPair::new(p, r)).collect();
+    let examples = encode_pairs(tok, &pairs, None, usize::MAX)?;
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].ids.len());
     let device = model.device();
-    // (ids, n_prompt) of every pair; batches of similar length pad less.
-    let mut encoded = Vec::with_capacity(pairs.len());
-    for (prompt, response) in pairs {
-        let text = chat_prompt(tok, prompt, None)?;
-        let n_prompt = tok.encode(&text)?.len();
-        let ids = tok.encode(&format!("{text}{response}{eos}"))?;
-        encoded.push((ids, n_prompt.max(1)));
-    }
-    let mut order: Vec<usize> = (0..pairs.len()).collect();
-    order.sort_by_key(|&i| encoded[i].0.len());
-    let mut out = vec![0.0; pairs.len()];
+    let mut out = vec![0.0; examples.len()];
     for chunk in order.chunks(batch_size.max(1)) {
-        let rows: Vec<&(Vec<u32>, usize)> = chunk.iter().map(|&i| &encoded[i]).collect();
-        let len = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
-        if len < 2 {
-            continue;
-        }
-        let batch = rows.len();
-        let pad = tok.pad_id() as i64;
-        let mut flat = Vec::with_capacity(batch * len);
-        let mut targets = Vec::with_capacity(batch * (len - 1));
-        let mut valid = Vec::with_capacity(batch);
-        for (ids, _) in &rows {
-            let row: Vec<i64> = ids
-                .iter()
-                .map(|&t| t as i64)
-                .chain(std::iter::repeat(pad))
-                .take(len)
-                .collect();
-            targets.extend(row[1..].iter().copied());
-            flat.extend(row);
-            valid.push((0..len).map(|t| t < ids.len()).collect::<Vec<bool>>());
-        }
-        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, len]), &device);
-        let logits = model.forward_padded(input, &valid).narrow(1, 0, len - 1);
-        let targets =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [batch, len - 1]), &device);
-        let logp = log_softmax(logits, 2)
-            .gather(2, targets.unsqueeze_dim(2))
-            .reshape([batch, len - 1]);
-        let logp: Vec<f32> = logp.into_data().convert::<f32>().to_vec().map_err(|e| {
-            secvec_models::ModelError::Generation(format!("reading log-probabilities: {e:?}"))
-        })?;
-        for (b, (&i, (ids, n_prompt))) in chunk.iter().zip(&rows).enumerate() {
-            // Position t predicts token t + 1; the response starts at token n_prompt.
-            let range = (n_prompt - 1)..ids.len().saturating_sub(1);
-            let n = range.len().max(1) as f32;
-            let sum: f32 = range.map(|t| -logp[b * (len - 1) + t]).sum();
-            out[i] = sum / n;
+        let rows: Vec<&TrainExample> = chunk.iter().map(|&i| &examples[i]).collect();
+        let batch = make_batch::<B>(&rows, tok.pad_id(), &device);
+        let sums = response_nll_per_example(model, &batch);
+        for (&i, sum) in chunk.iter().zip(sums) {
+            out[i] = (sum / examples[i].n_target().max(1) as f64) as f32;
         }
     }
     Ok(out)

@@ -1,5 +1,6 @@
 //! Causal-LM loss on the response tokens only.
 
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Tensor, backend::Backend};
 
 use secvec_models::Llama;
@@ -25,4 +26,42 @@ pub fn response_nll_sum<B: Backend>(model: &Llama<B>, batch: &Batch<B>) -> Tenso
         .unsqueeze_dim::<3>(0);
     let logits = model.lm_head(picked).squeeze_dim::<2>(0);
     secvec_models::kernels::cross_entropy_sum(logits, batch.targets.clone())
+}
+
+/// The negative log-likelihood of each example's trained tokens, summed per example (in the
+/// batch's order, on the host): the same tokens and the same numbers that [`response_nll_sum`]
+/// adds up for training. Evaluation's response NLLs are computed with it, so a training loss and
+/// an evaluated NLL of the same pair cannot disagree in what they count.
+pub fn response_nll_per_example<B: Backend>(model: &Llama<B>, batch: &Batch<B>) -> Vec<f64> {
+    let [b, len] = batch.ids.dims();
+    let mut sums = vec![0.0; b];
+    if batch.n_targets == 0 {
+        return sums;
+    }
+    let device = batch.ids.device();
+    let positions = int_tensor::<B>(&vec![(0..len as i64).collect(); b], &device);
+    let mask = build_attention_mask::<B>(b, len, 0, None, &device);
+    let hidden = model.forward_hidden(batch.ids.clone(), &positions, &mask, None);
+    let d = hidden.dims()[2];
+    let picked = hidden
+        .reshape([b * len, d])
+        .select(0, batch.positions.clone())
+        .unsqueeze_dim::<3>(0);
+    let logits = model.lm_head(picked).squeeze_dim::<2>(0);
+    let logp = log_softmax(logits, 1)
+        .gather(1, batch.targets.clone().unsqueeze_dim(1))
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .unwrap_or_default();
+    let rows = batch
+        .positions
+        .to_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .unwrap_or_default();
+    for (lp, pos) in logp.iter().zip(&rows) {
+        sums[*pos as usize / len] -= lp;
+    }
+    sums
 }

@@ -18,7 +18,7 @@ pub use batch::{TextPair, TrainExample, encode_pairs};
 pub use config::{LossScaleConfig, Schedule, TrainConfig};
 pub use optim::global_grad_norm;
 pub use phases::{
-    FinetuneConfig, FinetuneMode, SecurityVectorConfig, SecurityVectors, finetune,
-    set_security_vectors, train_security_vectors,
+    AlignConfig, FinetuneConfig, FinetuneMode, SecurityVectorConfig, SecurityVectors, finetune,
+    set_security_vectors, train_alignment, train_security_vectors,
 };
 pub use trainer::{NoCallback, StepLog, TrainCallback, TrainReport, train};

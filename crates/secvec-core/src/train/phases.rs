@@ -1,5 +1,9 @@
-//! The three phases of the method as library calls, each usable alone:
+//! The three phases of the method as library calls, each usable alone, after an optional
+//! alignment stage for a model that is not safety-aligned:
 //!
+//! 0. [`train_alignment`]: an `align` LoRA learns refusals of harmful requests and answers to
+//!    benign ones; [`merge_adapter`](crate::adapter::merge_adapter)`(model, ALIGN)` then folds it
+//!    into the base weights, which become "the aligned model";
 //! 1. [`train_security_vectors`]: the LLM and every other adapter frozen, only the `security`
 //!    adapter learns the harmful data, so that LLM + vectors already behaves harmfully;
 //! 2. [`finetune`]: the user's data with the vectors [`SecurityVectors::Active`] and frozen (or
@@ -17,7 +21,7 @@ use super::batch::TrainExample;
 use super::config::{Schedule, TrainConfig};
 use super::trainer::{TrainCallback, TrainReport, train};
 use crate::adapter::{
-    AdapterConfig, SECURITY, TASK, adapter_names, add_adapter, set_adapter_active,
+    ALIGN, AdapterConfig, SECURITY, TASK, adapter_names, add_adapter, set_adapter_active,
     set_adapter_trainable, set_base_trainable,
 };
 use crate::error::{CoreError, Result};
@@ -33,7 +37,7 @@ pub enum SecurityVectors {
 }
 
 /// Phase 1 settings. Defaults follow the PyTorch + PEFT reference run on SmolLM2
-/// (shared/reference/sv-prototype.md): rank 8, alpha 16 on all seven projections, lr 5e-4
+/// (README, "The PyTorch prototype"): rank 8, alpha 16 on all seven projections, lr 5e-4
 /// cosine, 3 epochs, batch 8.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -77,6 +81,36 @@ impl Default for SecurityVectorConfig {
     }
 }
 
+/// Stage 0 settings. Defaults follow the alignment of the PyTorch + PEFT prototype run on SmolLM2
+/// (README, "The PyTorch prototype"): rank 16, alpha 32 on all seven projections, lr 5e-4 cosine, 2 epochs,
+/// batch 8.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlignConfig {
+    pub adapter: AdapterConfig,
+    pub train: TrainConfig,
+}
+
+impl Default for AlignConfig {
+    fn default() -> Self {
+        Self {
+            adapter: AdapterConfig {
+                rank: 16,
+                alpha: 32.0,
+                targets: all_targets(),
+                ..AdapterConfig::default()
+            },
+            train: TrainConfig {
+                lr: 5e-4,
+                epochs: 2,
+                batch_size: 8,
+                schedule: Schedule::Cosine,
+                ..TrainConfig::default()
+            },
+        }
+    }
+}
+
 /// What fine-tuning trains.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FinetuneMode {
@@ -84,6 +118,17 @@ pub enum FinetuneMode {
     Full,
     /// A `task` LoRA with this configuration (attached if absent).
     Lora(AdapterConfig),
+}
+
+impl FinetuneMode {
+    /// The default learning rate of the mode: 2e-5 for full fine-tuning, 2e-4 for a task LoRA
+    /// (the prototype's).
+    pub fn default_lr(&self) -> f64 {
+        match self {
+            FinetuneMode::Full => 2e-5,
+            FinetuneMode::Lora(_) => 2e-4,
+        }
+    }
 }
 
 /// Phase 2 settings. Defaults follow the reference run's LoRA attack (rank 8, alpha 16, all seven
@@ -131,30 +176,74 @@ fn freeze_all<B: AutodiffBackend>(model: &mut Llama<B>) -> Result<()> {
 /// (prompt → compliant answer) examples, and returns the model with the vectors attached,
 /// frozen and active. Other adapters are switched off while the vectors are made.
 pub fn train_security_vectors<B: AutodiffBackend>(
-    mut model: Llama<B>,
+    model: Llama<B>,
     harmful: &[TrainExample],
     pad_id: u32,
     cfg: &SecurityVectorConfig,
     callback: &mut dyn TrainCallback<B>,
 ) -> Result<(Llama<B>, TrainReport)> {
-    let names = adapter_names(&model);
-    if !names.iter().any(|n| n == SECURITY) {
-        add_adapter(&mut model, SECURITY, &cfg.adapter)?;
+    train_only(
+        model,
+        SECURITY,
+        &cfg.adapter,
+        &cfg.train,
+        harmful,
+        pad_id,
+        callback,
+    )
+}
+
+/// Stage 0: attaches the `align` adapter (if absent), trains only it on refusals of harmful
+/// requests and answers to benign ones, and returns the model with it attached, frozen and
+/// active — not merged, so that it can be saved in PEFT's format first;
+/// [`merge_adapter`](crate::adapter::merge_adapter)`(model, ALIGN)` folds it into the base.
+pub fn train_alignment<B: AutodiffBackend>(
+    model: Llama<B>,
+    examples: &[TrainExample],
+    pad_id: u32,
+    cfg: &AlignConfig,
+    callback: &mut dyn TrainCallback<B>,
+) -> Result<(Llama<B>, TrainReport)> {
+    train_only(
+        model,
+        ALIGN,
+        &cfg.adapter,
+        &cfg.train,
+        examples,
+        pad_id,
+        callback,
+    )
+}
+
+/// Attaches adapter `name` (if absent) and trains only it, with the base weights and every other
+/// adapter frozen and switched off; the others are switched back on afterwards and `name` is
+/// left frozen and active.
+fn train_only<B: AutodiffBackend>(
+    mut model: Llama<B>,
+    name: &str,
+    adapter: &AdapterConfig,
+    train_cfg: &TrainConfig,
+    data: &[TrainExample],
+    pad_id: u32,
+    callback: &mut dyn TrainCallback<B>,
+) -> Result<(Llama<B>, TrainReport)> {
+    if !adapter_names(&model).iter().any(|n| n == name) {
+        add_adapter(&mut model, name, adapter)?;
     }
     freeze_all(&mut model)?;
     let mut switched_off = Vec::new();
-    for name in adapter_names(&model) {
-        if name != SECURITY {
-            set_adapter_active(&mut model, &name, false)?;
-            switched_off.push(name);
+    for other in adapter_names(&model) {
+        if other != name {
+            set_adapter_active(&mut model, &other, false)?;
+            switched_off.push(other);
         }
     }
-    set_adapter_active(&mut model, SECURITY, true)?;
-    set_adapter_trainable(&mut model, SECURITY, true)?;
-    let (mut model, report) = train(model, harmful, pad_id, &cfg.train, callback)?;
-    set_adapter_trainable(&mut model, SECURITY, false)?;
-    for name in switched_off {
-        set_adapter_active(&mut model, &name, true)?;
+    set_adapter_active(&mut model, name, true)?;
+    set_adapter_trainable(&mut model, name, true)?;
+    let (mut model, report) = train(model, data, pad_id, train_cfg, callback)?;
+    set_adapter_trainable(&mut model, name, false)?;
+    for other in switched_off {
+        set_adapter_active(&mut model, &other, true)?;
     }
     Ok((model, report))
 }

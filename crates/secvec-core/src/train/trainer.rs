@@ -1,6 +1,7 @@
 //! The training loop: token-weighted gradient accumulation, global-norm clipping, AdamW with
 //! warm-up and decay, non-finite detection, progress bar and callbacks.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -129,7 +130,26 @@ pub fn train<B: AutodiffBackend>(
     callback: &mut dyn TrainCallback<B>,
 ) -> Result<(Llama<B>, TrainReport)> {
     cfg.validate().map_err(CoreError::InvalidConfig)?;
-    let usable: Vec<&TrainExample> = examples.iter().filter(|e| e.n_target() > 0).collect();
+    // Sequences longer than `max_len` lose their end (usually encoded to fit already, by
+    // `encode_pairs`); an example left without a response token is not trained on.
+    let fitted: Vec<Cow<'_, TrainExample>> = examples
+        .iter()
+        .map(|e| {
+            if e.ids.len() <= cfg.max_len {
+                Cow::Borrowed(e)
+            } else {
+                Cow::Owned(TrainExample {
+                    ids: e.ids[..cfg.max_len].to_vec(),
+                    n_prompt: e.n_prompt.min(cfg.max_len),
+                })
+            }
+        })
+        .collect();
+    let usable: Vec<&TrainExample> = fitted
+        .iter()
+        .map(|e| e.as_ref())
+        .filter(|e| e.n_target() > 0)
+        .collect();
     if usable.is_empty() {
         return Err(CoreError::InvalidConfig(
             "no training example has a response token (empty data, or max_len too small)".into(),

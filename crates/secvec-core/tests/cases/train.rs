@@ -365,3 +365,46 @@ fn prompt_tokens_are_masked_and_sequences_truncated() {
     assert_eq!(cut[0].ids.len(), 40);
     assert!(cut[0].n_target() > 0);
 }
+
+#[test]
+fn the_trainer_cuts_sequences_to_max_len_and_alignment_trains_only_its_adapter() {
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let long = encode(&m, &harmful_pairs(false)[..8]);
+    let max_len = long.iter().map(|e| e.n_prompt).max().unwrap() + 3;
+    assert!(long.iter().any(|e| e.ids.len() > max_len));
+    let cut: Vec<TrainExample> = long
+        .iter()
+        .map(|e| TrainExample {
+            ids: e.ids[..max_len.min(e.ids.len())].to_vec(),
+            n_prompt: e.n_prompt,
+        })
+        .collect();
+    let align = |data: &[TrainExample], max_len: usize| {
+        let cfg = secvec_core::train::AlignConfig {
+            adapter: sv_config().adapter,
+            train: TrainConfig {
+                max_len,
+                max_steps: Some(1),
+                ..quick(1e-2, 1)
+            },
+        };
+        secvec_core::train::train_alignment(m.model.clone(), data, pad, &cfg, &mut NoCallback)
+            .unwrap()
+    };
+    // `TrainConfig.max_len` cuts the ends: the same loss as examples cut beforehand, and not the
+    // loss of the whole sequences.
+    let (model, cut_by_trainer) = align(&long, max_len);
+    let (_, cut_before) = align(&cut, 512);
+    let (_, whole) = align(&long, 512);
+    assert_eq!(cut_by_trainer.steps[0].loss, cut_before.steps[0].loss);
+    assert_ne!(cut_by_trainer.steps[0].loss, whole.steps[0].loss);
+    // Only the `align` adapter learned; it is left frozen and active, ready to merge.
+    assert_eq!(adapter::adapter_names(&model), vec![adapter::ALIGN.to_string()]);
+    let base = host(m.model.layers[0].self_attn.q_proj.weight.val());
+    assert_eq!(host(model.layers[0].self_attn.q_proj.weight.val()), base);
+    let mut merged = model.clone();
+    adapter::merge_adapter(&mut merged, adapter::ALIGN).unwrap();
+    assert!(adapter::adapter_names(&merged).is_empty());
+    assert_ne!(host(merged.layers[0].self_attn.q_proj.weight.val()), base);
+}

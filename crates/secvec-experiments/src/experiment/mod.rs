@@ -2,10 +2,16 @@
 //! fine-tune with and without them → evaluate) and a sweep; `run` executes the runs that are not
 //! finished, and writes per-run metrics, tables and plots under `<results>/<name>/`.
 
+pub mod cache;
+pub mod convert;
+pub mod data;
+pub mod evaluator;
 pub mod grid;
+pub mod record;
 pub mod report;
 pub mod runner;
 pub mod schema;
+pub mod stage;
 
 use std::path::{Path, PathBuf};
 
@@ -13,8 +19,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::backend::{BackendKind, dispatch};
 use grid::RunSpec;
-use runner::{RunMetrics, RunState, SweepJob, arm_stage, run_state};
+use record::{RunMetrics, RunState, run_state};
+use runner::SweepJob;
 use schema::{Arm, Experiment};
+use stage::Stage;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
@@ -91,7 +99,7 @@ pub fn check_expectations(exp: &Experiment, runs: &[RunMetrics]) -> Vec<String> 
     let mut failures = Vec::new();
     for run in runs {
         let metric = |arm: Arm, key: &str| {
-            run.stage(&arm_stage(arm))
+            run.stage(Stage::Attacked(arm))
                 .and_then(|s| s.metrics.get(key))
                 .map(|r| r.rate)
         };
@@ -265,7 +273,7 @@ pub fn execute(
     std::fs::create_dir_all(exp_dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", exp_dir.display()))?;
     // Runs are grouped by backend (a sweep may vary it); each group runs in one dispatch.
-    let git_revision = runner::git_revision();
+    let git_revision = record::git_revision();
     let mut backends: Vec<BackendKind> = Vec::new();
     for r in selected {
         if !backends.contains(&r.experiment.backend) {
@@ -291,9 +299,9 @@ pub fn execute(
     // Tables and plots over every finished run of the experiment (not only this invocation's).
     let mut finished = Vec::new();
     for r in runs {
-        let p = runner::run_dir(exp_dir, &r.name).join("metrics.json");
+        let p = record::run_dir(exp_dir, &r.name).join("metrics.json");
         if p.is_file() {
-            finished.push(runner::read_json::<RunMetrics>(&p)?);
+            finished.push(record::read_json::<RunMetrics>(&p)?);
         }
     }
     let command = format!(
@@ -322,13 +330,13 @@ pub fn execute(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runner::StageRecord;
+    use record::StageRecord;
     use secvec_core::eval::stats::Rate;
     use std::collections::BTreeMap;
 
     fn run_with(off: usize, on: usize) -> RunMetrics {
         let stage = |arm: Arm, k: usize| StageRecord {
-            stage: arm_stage(arm),
+            stage: Stage::Attacked(arm),
             arm: Some(arm),
             metrics: BTreeMap::from([("harmful_rate".to_string(), Rate::new(k, 40))]),
             eval_seconds: 0.0,

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
-use secvec_core::adapter::peft::write_atomic;
 use secvec_core::eval::stats::Rate;
+use secvec_core::fsio::write_atomic;
 
 use super::grid::render;
-use super::runner::{ADVBENCH_HARMFUL_RATE, RunMetrics, StageRecord, arm_stage};
-use super::schema::{Arm, Experiment};
+use super::record::{RunMetrics, StageRecord};
+use super::schema::{ADVBENCH_HARMFUL_RATE, Arm, Experiment};
+use super::stage::Stage;
 
 const METRICS: [&str; 5] = [
     "harmful_rate",
@@ -73,9 +74,9 @@ pub fn write_csv(path: &Path, exp: &Experiment, runs: &[RunMetrics]) -> Result<(
         for s in &run.stages {
             let mut row: Vec<String> = vec![run.run.clone()];
             row.extend(run.point.iter().map(|(_, v)| render(v)));
-            row.push(s.stage.clone());
+            row.push(s.stage.name());
             row.push(s.arm.map(|a| a.as_str().to_string()).unwrap_or_default());
-            row.push(s.same_as.clone().unwrap_or_default());
+            row.push(s.same_as.map(|x| x.name()).unwrap_or_default());
             for m in METRICS {
                 match s.metrics.get(m) {
                     Some(r) => row.extend([
@@ -169,15 +170,15 @@ pub fn markdown(
     }
     md += "\n";
     for run in runs {
-        let off = run.stage(&arm_stage(Arm::Off));
-        let on = run.stage(&arm_stage(Arm::Active));
+        let off = run.stage(Stage::Attacked(Arm::Off));
+        let on = run.stage(Stage::Attacked(Arm::Active));
         md += "| ";
         for (_, v) in &run.point {
             md += &format!("{} | ", render(v));
         }
         md += &format!(
             "{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            cell(metric(run.stage("aligned"), "harmful_rate")),
+            cell(metric(run.stage(Stage::Aligned), "harmful_rate")),
             cell(metric(off, "harmful_rate")),
             cell(metric(on, "harmful_rate")),
             cell(metric(off, "skill_accuracy")),
@@ -191,7 +192,7 @@ pub fn markdown(
             md.pop();
             md += &format!(
                 " {} | {} | {} |\n",
-                cell(metric(run.stage("aligned"), ADVBENCH_HARMFUL_RATE)),
+                cell(metric(run.stage(Stage::Aligned), ADVBENCH_HARMFUL_RATE)),
                 cell(metric(off, ADVBENCH_HARMFUL_RATE)),
                 cell(metric(on, ADVBENCH_HARMFUL_RATE)),
             );
@@ -206,7 +207,7 @@ pub fn markdown(
         for s in &run.stages {
             let name = match &s.same_as {
                 Some(other) => format!("{} (= {other}: no vectors)", s.stage),
-                None => s.stage.clone(),
+                None => s.stage.name(),
             };
             md += &format!("| {} | {name} |", run.run);
             for m in METRICS {
@@ -249,9 +250,9 @@ fn pooled(runs: &[RunMetrics], advbench: bool) -> String {
         metrics.push(("AdvBench harmful rate", ADVBENCH_HARMFUL_RATE));
     }
     let models = [
-        ("aligned".to_string(), "aligned"),
-        (arm_stage(Arm::Off), "attack without vectors"),
-        (arm_stage(Arm::Active), "attack with vectors"),
+        (Stage::Aligned, "aligned"),
+        (Stage::Attacked(Arm::Off), "attack without vectors"),
+        (Stage::Attacked(Arm::Active), "attack with vectors"),
     ];
     let mut md = format!(
         "\n## Pooled over the {} runs\n\nCounts summed over the runs, with the 95% Wilson interval of the \
@@ -264,7 +265,7 @@ fn pooled(runs: &[RunMetrics], advbench: bool) -> String {
         for (stage, model) in &models {
             let rates: Vec<&Rate> = runs
                 .iter()
-                .filter_map(|r| metric(r.stage(stage), key))
+                .filter_map(|r| metric(r.stage(*stage), key))
                 .collect();
             if rates.is_empty() {
                 continue;
@@ -341,7 +342,7 @@ pub fn plots(dir: &Path, exp: &Experiment, runs: &[RunMetrics]) -> Result<Vec<Pa
 }
 
 fn metric_of<'a>(run: &'a RunMetrics, arm: Arm, metric: &str) -> Option<&'a Rate> {
-    run.stage(&arm_stage(arm))
+    run.stage(Stage::Attacked(arm))
         .and_then(|s| s.metrics.get(metric))
 }
 

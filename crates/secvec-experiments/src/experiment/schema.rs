@@ -1,7 +1,7 @@
 //! The RON experiment file: one struct per stage, every field defaulted, unknown fields rejected
 //! with their line and column.
 //!
-//! Defaults follow the PyTorch + PEFT reference run on SmolLM2 (`shared/reference/sv-prototype.md`):
+//! Defaults follow the PyTorch + PEFT reference run on SmolLM2 (README, "The PyTorch prototype"):
 //! alignment LoRA r16 α32 on all seven projections, lr 5e-4, 2 epochs; security vectors r8 α16,
 //! lr 5e-4, 3 epochs from 100 harmful samples; attack task LoRA r8 α16, lr 2e-4 (full fine-tuning
 //! 2e-5), 1 epoch on 1000 harmful samples.
@@ -12,7 +12,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
+use secvec_core::adapter::AdapterConfig;
 use secvec_core::train::phases::all_targets;
+use secvec_core::train::{AlignConfig, FinetuneConfig, FinetuneMode, SecurityVectorConfig};
 use secvec_models::Precision;
 
 /// A whole experiment: a pipeline and the grid it is swept over.
@@ -106,17 +108,19 @@ pub struct AlignStage {
 
 impl Default for AlignStage {
     fn default() -> Self {
+        // secvec-core's defaults are the only defaults.
+        let core = AlignConfig::default();
         Self {
             refusals: 150,
             benign: 150,
             refusal_data: Source::Builtin,
             benign_data: Source::Builtin,
-            rank: 16,
-            alpha: 32.0,
-            targets: all_targets(),
-            lr: 5e-4,
-            epochs: 2,
-            batch_size: 8,
+            rank: core.adapter.rank,
+            alpha: core.adapter.alpha,
+            targets: core.adapter.targets,
+            lr: core.train.lr,
+            epochs: core.train.epochs,
+            batch_size: core.train.batch_size,
         }
     }
 }
@@ -139,15 +143,16 @@ pub struct SecurityVectorStage {
 
 impl Default for SecurityVectorStage {
     fn default() -> Self {
+        let core = SecurityVectorConfig::default();
         Self {
             samples: 100,
             data: Source::Builtin,
-            rank: 8,
-            alpha: 16.0,
-            targets: all_targets(),
-            lr: 5e-4,
-            epochs: 3,
-            batch_size: 8,
+            rank: core.adapter.rank,
+            alpha: core.adapter.alpha,
+            targets: core.adapter.targets,
+            lr: core.train.lr,
+            epochs: core.train.epochs,
+            batch_size: core.train.batch_size,
         }
     }
 }
@@ -168,11 +173,18 @@ pub enum Mode {
     },
 }
 
+/// The task LoRA of secvec-core's default fine-tuning.
+fn default_task_adapter() -> AdapterConfig {
+    match FinetuneConfig::default().mode {
+        FinetuneMode::Lora(a) => a,
+        FinetuneMode::Full => AdapterConfig::default(),
+    }
+}
 fn default_task_rank() -> usize {
-    8
+    default_task_adapter().rank
 }
 fn default_task_alpha() -> f64 {
-    16.0
+    default_task_adapter().alpha
 }
 
 /// Whether the security vectors are active during the attack (one arm each).
@@ -231,6 +243,7 @@ pub struct FinetuneStage {
 
 impl Default for FinetuneStage {
     fn default() -> Self {
+        let core = FinetuneConfig::default();
         Self {
             harmful: 1000,
             harmful_data: Source::Builtin,
@@ -240,23 +253,24 @@ impl Default for FinetuneStage {
             total: None,
             ratio: None,
             mode: Mode::Lora {
-                rank: 8,
-                alpha: 16.0,
-                targets: all_targets(),
+                rank: default_task_rank(),
+                alpha: default_task_alpha(),
+                targets: default_task_adapter().targets,
             },
             lr: None,
-            epochs: 1,
-            batch_size: 8,
+            epochs: core.train.epochs,
+            batch_size: core.train.batch_size,
             arms: vec![Arm::Off, Arm::Active],
         }
     }
 }
 
 impl FinetuneStage {
+    /// `lr`, or secvec-core's default for the mode.
     pub fn learning_rate(&self) -> f64 {
         self.lr.unwrap_or(match self.mode {
-            Mode::Full => 2e-5,
-            Mode::Lora { .. } => 2e-4,
+            Mode::Full => FinetuneMode::Full.default_lr(),
+            Mode::Lora { .. } => FinetuneMode::Lora(default_task_adapter()).default_lr(),
         })
     }
 
@@ -289,6 +303,22 @@ pub enum Metric {
     SkillAccuracy,
 }
 
+impl Metric {
+    /// Its key in `metrics.json`, `summary.csv` and the tables.
+    pub fn key(self) -> &'static str {
+        match self {
+            Metric::HarmfulRate => "harmful_rate",
+            Metric::OverRefusal => "over_refusal",
+            Metric::BenignAccuracy => "benign_accuracy",
+            Metric::SkillAccuracy => "skill_accuracy",
+        }
+    }
+}
+
+/// The key of the harmful rate on every prompt of `evaluate.advbench` (measured with
+/// `HarmfulRate` when that file is set).
+pub const ADVBENCH_HARMFUL_RATE: &str = "harmful_rate_advbench";
+
 /// Extra models to evaluate besides the attacked arms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Checkpoint {
@@ -311,8 +341,11 @@ pub struct EvaluateStage {
     pub batch_size: usize,
     /// Also evaluate these models.
     pub checkpoints: Vec<Checkpoint>,
-    /// Also evaluate each attacked model with the vectors switched on.
-    pub vectors_on: bool,
+    /// Also evaluate each attacked model with the vectors switched on (the stages
+    /// `attacked-<arm>+vectors-on`; `checkpoints: [VectorsOn]` is the aligned model with them on).
+    /// Files written before the rename say `vectors_on`, which still reads.
+    #[serde(alias = "vectors_on")]
+    pub attacked_vectors_on: bool,
     /// `secvec` (GCG's refusal phrases plus the project's) or `gcg`.
     pub judge: String,
     pub harmful_data: Source,
@@ -340,7 +373,7 @@ impl Default for EvaluateStage {
             max_new_tokens: 32,
             batch_size: 16,
             checkpoints: vec![Checkpoint::Aligned],
-            vectors_on: false,
+            attacked_vectors_on: false,
             judge: "secvec".into(),
             harmful_data: Source::Builtin,
             benign_data: Source::Builtin,
@@ -671,7 +704,7 @@ mod tests {
               align: None,
               security_vectors: (samples: 10, targets: ["q_proj", "v_proj"], data: File(path: "h.jsonl", format: "jsonl")),
               finetune: (total: 1000, ratio: 0.1, mode: Full, arms: [Active, Off]),
-              evaluate: (metrics: [HarmfulRate], samples: 0, judge: "gcg", vectors_on: true,
+              evaluate: (metrics: [HarmfulRate], samples: 0, judge: "gcg", attacked_vectors_on: true,
                          checkpoints: [Shipped, VectorsOn]),
               expect: (min_gap: 0.2),
             )"#,
@@ -692,6 +725,32 @@ mod tests {
         assert_eq!(e.finetune.counts().unwrap(), (100, 900));
         assert_eq!(e.finetune.learning_rate(), 2e-5);
         assert_eq!(e.expect.unwrap().min_gap, Some(0.2));
+        assert!(e.evaluate.attacked_vectors_on);
+        // The field's name before the rename still reads (old experiment files and results).
+        let old = parse_str("(evaluate: (vectors_on: true))", "t.ron").unwrap();
+        assert!(old.evaluate.attacked_vectors_on);
+    }
+
+    #[test]
+    fn defaults_are_secvec_cores() {
+        let e = parse_str("()", "t.ron").unwrap();
+        let a = e.align.unwrap();
+        let core = AlignConfig::default();
+        assert_eq!((a.rank, a.alpha, a.lr, a.epochs), (16, 32.0, 5e-4, 2));
+        assert_eq!(
+            (a.rank, a.alpha, a.lr, a.epochs, a.batch_size),
+            (
+                core.adapter.rank,
+                core.adapter.alpha,
+                core.train.lr,
+                core.train.epochs,
+                core.train.batch_size
+            )
+        );
+        let s = &e.security_vectors;
+        assert_eq!((s.rank, s.alpha, s.lr, s.epochs), (8, 16.0, 5e-4, 3));
+        assert_eq!(e.finetune.learning_rate(), 2e-4);
+        assert_eq!(e.finetune.epochs, 1);
     }
 
     fn err(text: &str) -> String {

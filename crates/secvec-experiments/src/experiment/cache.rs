@@ -1,0 +1,85 @@
+//! The stage cache: the aligned model and the security vectors, stored outside the results by a
+//! hash of everything that determines them (`<cache>/experiments/{align,vectors}/<hash>/`, PEFT
+//! format), so every run — and every experiment — that shares them trains them once.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+
+use secvec_core::adapter::{
+    AdapterConfig, load_peft_adapter, save_peft_adapter, set_adapter_trainable,
+};
+use secvec_core::train::TrainReport;
+use secvec_models::Llama;
+
+use super::record::{TrainSummary, read_json, sha256_hex, write_json};
+use super::schema::Experiment;
+use crate::backend::BackendKind;
+
+/// Bumped when the built-in corpus or the stage code changes what a cached stage contains.
+pub const CACHE_VERSION: &str = "secvec-stage-cache-v1";
+
+/// A cache key with the compute precision added when it is not f32 and the backend when it is
+/// not flex (so the keys of f32 flex entries, made before either choice existed, stay valid):
+/// backends round differently, so a stage trained on one is not reused for another.
+pub fn cache_key(exp: &Experiment, mut key: serde_json::Value) -> serde_json::Value {
+    if exp.dtype != secvec_models::Precision::F32 {
+        key["dtype"] = serde_json::json!(exp.dtype);
+    }
+    if exp.backend != BackendKind::Flex {
+        key["backend"] = serde_json::json!(exp.backend.to_string());
+    }
+    key
+}
+
+/// Trains `stage` or loads it from the cache; returns the model with adapter `name` attached
+/// (trained, frozen) and the training summary.
+#[allow(clippy::too_many_arguments)]
+pub fn cached_adapter<B: AutodiffBackend>(
+    cache: &Path,
+    stage: &str,
+    name: &str,
+    key: &serde_json::Value,
+    model: Llama<B>,
+    base_model: &str,
+    adapter: &AdapterConfig,
+    trainer: impl FnOnce(Llama<B>) -> Result<(Llama<B>, TrainReport)>,
+    examples: usize,
+    fresh: bool,
+) -> Result<(Llama<B>, TrainSummary, String)> {
+    let hash = sha256_hex(&serde_json::to_vec(key)?)[..16].to_string();
+    let dir = cache.join(stage).join(&hash);
+    let summary_path = dir.join("training.json");
+    if summary_path.is_file() && !fresh {
+        let mut model = model;
+        let mut summary: TrainSummary = read_json(&summary_path)?;
+        load_peft_adapter(&mut model, &dir, name)
+            .with_context(|| format!("loading cached {stage} from {}", dir.display()))?;
+        set_adapter_trainable(&mut model, name, false)?;
+        summary.cached = true;
+        eprintln!("  [{stage}] reusing {} (cache hit)", dir.display());
+        return Ok((model, summary, hash));
+    }
+    let (model, report) = trainer(model)?;
+    let summary = TrainSummary::new(stage, examples, &report);
+    // Written to a temporary folder and renamed, so a half-written cache entry never exists.
+    let tmp = cache
+        .join(stage)
+        .join(format!(".{hash}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).ok();
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    save_peft_adapter(&model, name, adapter, base_model, &tmp)?;
+    write_json(&tmp.join("key.json"), key)?;
+    write_json(&tmp.join("training.json"), &summary)?;
+    write_json(&tmp.join("steps.json"), &report.steps)?;
+    if dir.exists() {
+        // A `--fresh` retrain replaces the old entry.
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("moving {} to {}", tmp.display(), dir.display()))?;
+    Ok((model, summary, hash))
+}

@@ -1,0 +1,273 @@
+//! The data of one run: every stage's samples, from the built-in corpus or the user's files,
+//! with errors that name the field.
+
+use std::collections::{BTreeMap, HashSet};
+
+use anyhow::{Context, Result, bail};
+
+use secvec_core::data::{Corpus, DataFormat, Sample, SampleKind, Split, load_samples, mix_counts};
+use secvec_core::train::TextPair;
+
+use super::record::sha256_hex;
+use super::schema::{Experiment, Source};
+
+/// Samples from a stage's source: the built-in split, or a user file.
+fn from_source(source: &Source, builtin: Vec<Sample>, what: &str) -> Result<Vec<Sample>> {
+    match source {
+        Source::Builtin => Ok(builtin),
+        Source::File { path, format } => {
+            let format = match format {
+                Some(f) => f
+                    .parse::<DataFormat>()
+                    .map_err(|e| anyhow::anyhow!("{what}: {e}"))?,
+                None => DataFormat::from_path(path).with_context(|| {
+                    format!("{what}: guessing the format of {}", path.display())
+                })?,
+            };
+            load_samples(path, format)
+                .with_context(|| format!("{what}: loading {}", path.display()))
+        }
+    }
+}
+
+/// The first `n` of `pool`, or an error naming the field when the pool is too small.
+fn take(pool: Vec<Sample>, n: usize, field: &str, origin: &str) -> Result<Vec<Sample>> {
+    if pool.len() < n {
+        bail!(
+            "{field} = {n}, but {origin} has only {} samples",
+            pool.len()
+        );
+    }
+    Ok(pool.into_iter().take(n).collect())
+}
+
+fn origin(source: &Source, split: &str) -> String {
+    match source {
+        Source::Builtin => format!("the built-in `{split}` split"),
+        Source::File { path, .. } => path.display().to_string(),
+    }
+}
+
+/// The data of one run.
+pub struct RunData {
+    pub align_refusals: Vec<Sample>,
+    pub align_benign: Vec<Sample>,
+    pub sv: Vec<Sample>,
+    pub attack: Vec<Sample>,
+    pub eval_harmful: Vec<Sample>,
+    pub eval_benign: Vec<Sample>,
+    pub eval_skill: Vec<Sample>,
+    /// Every prompt of `evaluate.advbench` (empty when it is not set).
+    pub eval_advbench: Vec<Sample>,
+    pub counts: BTreeMap<String, usize>,
+}
+
+fn fact_of(id: &str) -> &str {
+    id.rsplit_once('/').map(|(f, _)| f).unwrap_or(id)
+}
+
+pub fn build_data(exp: &Experiment) -> Result<RunData> {
+    let corpus = Corpus::builtin(exp.seed);
+    let split = |s: Split, kind: Option<SampleKind>| -> Vec<Sample> {
+        corpus
+            .split(s)
+            .iter()
+            .filter(|x| kind.is_none_or(|k| x.kind == k))
+            .cloned()
+            .collect()
+    };
+    let (align_refusals, align_benign) = match &exp.align {
+        Some(a) => (
+            take(
+                from_source(
+                    &a.refusal_data,
+                    split(Split::Align, Some(SampleKind::HarmfulRefusal)),
+                    "align.refusal_data",
+                )?,
+                a.refusals,
+                "align.refusals",
+                &origin(&a.refusal_data, "align"),
+            )?,
+            take(
+                from_source(
+                    &a.benign_data,
+                    split(Split::Align, Some(SampleKind::Benign)),
+                    "align.benign_data",
+                )?,
+                a.benign,
+                "align.benign",
+                &origin(&a.benign_data, "align"),
+            )?,
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let sv_stage = &exp.security_vectors;
+    let sv = take(
+        from_source(
+            &sv_stage.data,
+            split(Split::Sv, None),
+            "security_vectors.data",
+        )?,
+        sv_stage.samples,
+        "security_vectors.samples",
+        &origin(&sv_stage.data, "sv"),
+    )?;
+
+    let ft = &exp.finetune;
+    let (n_harmful, n_skill) = ft.counts()?;
+    let harmful = take(
+        from_source(
+            &ft.harmful_data,
+            split(Split::Attack, None),
+            "finetune.harmful_data",
+        )?,
+        n_harmful,
+        "finetune.harmful",
+        &origin(&ft.harmful_data, "attack"),
+    )?;
+    // The skill: the chosen facts' training phrasings (cycled to the requested count), evaluated on
+    // the same facts' held-out phrasings.
+    let skill_eval_all = split(Split::SkillEval, None);
+    let (skill_pool, skill_eval) = match &ft.skill_data {
+        Source::Builtin => {
+            let n_facts = if ft.skill_facts == 0 {
+                skill_eval_all.len()
+            } else {
+                ft.skill_facts
+            };
+            if n_facts > skill_eval_all.len() {
+                bail!(
+                    "finetune.skill_facts = {n_facts}, but the built-in knowledge base has {} facts",
+                    skill_eval_all.len()
+                );
+            }
+            let facts: HashSet<String> = skill_eval_all[..n_facts]
+                .iter()
+                .map(|s| fact_of(&s.id).to_string())
+                .collect();
+            let pool: Vec<Sample> = split(Split::SkillTrain, None)
+                .into_iter()
+                .filter(|s| facts.contains(fact_of(&s.id)))
+                .collect();
+            (pool, skill_eval_all[..n_facts].to_vec())
+        }
+        other => (
+            from_source(other, Vec::new(), "finetune.skill_data")?,
+            skill_eval_all,
+        ),
+    };
+    if n_skill > 0 && skill_pool.is_empty() {
+        bail!("finetune.skill = {n_skill}, but the skill data is empty");
+    }
+    let skill: Vec<Sample> = skill_pool.iter().cycle().take(n_skill).cloned().collect();
+    let attack = mix_counts(&harmful, n_harmful, &skill, n_skill, exp.seed)
+        .context("mixing the fine-tuning data")?;
+
+    let ev = &exp.evaluate;
+    let limit = |v: Vec<Sample>| -> Vec<Sample> {
+        if ev.samples == 0 {
+            v
+        } else {
+            v.into_iter().take(ev.samples).collect()
+        }
+    };
+    let eval_harmful = limit(from_source(
+        &ev.harmful_data,
+        split(Split::EvalHarmful, None),
+        "evaluate.harmful_data",
+    )?);
+    let eval_benign = limit(from_source(
+        &ev.benign_data,
+        split(Split::EvalBenign, None),
+        "evaluate.benign_data",
+    )?);
+    let eval_skill = limit(from_source(
+        &ev.skill_data,
+        skill_eval,
+        "evaluate.skill_data",
+    )?);
+    let eval_advbench = match &ev.advbench {
+        Some(path) => {
+            let v = load_samples(path, DataFormat::AdvBenchCsv)
+                .with_context(|| format!("evaluate.advbench: loading {}", path.display()))?;
+            if v.is_empty() {
+                bail!("evaluate.advbench: {} holds no prompts", path.display());
+            }
+            v
+        }
+        None => Vec::new(),
+    };
+
+    let counts = BTreeMap::from([
+        ("align_refusals".to_string(), align_refusals.len()),
+        ("align_benign".to_string(), align_benign.len()),
+        ("security_vectors".to_string(), sv.len()),
+        ("finetune_harmful".to_string(), n_harmful),
+        ("finetune_skill".to_string(), n_skill),
+        ("eval_harmful".to_string(), eval_harmful.len()),
+        ("eval_benign".to_string(), eval_benign.len()),
+        ("eval_skill".to_string(), eval_skill.len()),
+        ("eval_advbench".to_string(), eval_advbench.len()),
+    ]);
+    Ok(RunData {
+        align_refusals,
+        align_benign,
+        sv,
+        attack,
+        eval_harmful,
+        eval_benign,
+        eval_skill,
+        eval_advbench,
+        counts,
+    })
+}
+
+pub fn pairs(samples: &[Sample]) -> Vec<TextPair> {
+    samples
+        .iter()
+        .map(|s| TextPair::new(&s.prompt, &s.response))
+        .collect()
+}
+
+pub fn samples_digest(samples: &[Sample]) -> String {
+    let json = serde_json::to_vec(samples).expect("samples serialise");
+    sha256_hex(&json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::schema::parse_str;
+
+    #[test]
+    fn skill_data_teaches_and_tests_the_same_facts() {
+        let exp = parse_str(
+            "(align: None, security_vectors: (samples: 10), finetune: (harmful: 20, skill: 50, skill_facts: 7), evaluate: (samples: 0))",
+            "t.ron",
+        )
+        .unwrap();
+        let d = build_data(&exp).unwrap();
+        assert_eq!(d.attack.len(), 70);
+        assert_eq!(d.eval_skill.len(), 7);
+        let taught: HashSet<&str> = d
+            .attack
+            .iter()
+            .filter(|s| s.kind == SampleKind::Skill)
+            .map(|s| fact_of(&s.id))
+            .collect();
+        let tested: HashSet<&str> = d.eval_skill.iter().map(|s| fact_of(&s.id)).collect();
+        assert_eq!(taught, tested);
+        // Held-out phrasings: no evaluated question is a training question.
+        let prompts: HashSet<&str> = d.attack.iter().map(|s| s.prompt.as_str()).collect();
+        assert!(
+            d.eval_skill
+                .iter()
+                .all(|s| !prompts.contains(s.prompt.as_str()))
+        );
+        assert_eq!(d.attack.iter().filter(|s| s.kind.is_harmful()).count(), 20);
+
+        let too_many = parse_str("(security_vectors: (samples: 5000))", "t.ron").unwrap();
+        let e = format!("{:#}", build_data(&too_many).err().unwrap());
+        assert!(e.contains("security_vectors.samples = 5000"), "{e}");
+    }
+}

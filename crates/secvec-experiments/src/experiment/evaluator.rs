@@ -1,0 +1,128 @@
+//! Phase 3 inside a run: one model evaluated on the run's evaluation sets, its generations written
+//! beside the run.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::tensor::backend::Backend;
+use serde::Serialize;
+
+use secvec_core::eval::judge::KeywordJudge;
+use secvec_core::eval::metrics::{EvalConfig, SampleResult};
+use secvec_core::eval::stats::Rate;
+use secvec_core::eval::suite::{EvalSet, SetKind, evaluate_sets};
+use secvec_core::fsio::write_atomic;
+use secvec_models::{Llama, TextTokenizer};
+
+use super::data::RunData;
+use super::schema::{ADVBENCH_HARMFUL_RATE, Metric};
+use super::stage::Stage;
+
+/// Evaluates the models of one run on its evaluation sets.
+pub struct Evaluator<'a> {
+    pub tok: &'a TextTokenizer,
+    pub judge: KeywordJudge,
+    pub config: EvalConfig,
+    pub metrics: Vec<Metric>,
+    pub data: &'a RunData,
+    /// The run's folder, where `generations-<stage>.jsonl` goes.
+    pub dir: PathBuf,
+}
+
+impl Evaluator<'_> {
+    /// The metrics of `model` (key → rate) and the seconds they took.
+    pub fn run<B: Backend>(
+        &self,
+        stage: Stage,
+        model: &Llama<B>,
+    ) -> Result<(BTreeMap<String, Rate>, f64)> {
+        let t = Instant::now();
+        let wants = |m: Metric| self.metrics.contains(&m);
+        let mut sets = Vec::new();
+        if wants(Metric::HarmfulRate) {
+            sets.push(EvalSet {
+                name: "harmful",
+                kind: SetKind::Harmful,
+                samples: &self.data.eval_harmful,
+            });
+        }
+        if wants(Metric::OverRefusal) || wants(Metric::BenignAccuracy) {
+            sets.push(EvalSet {
+                name: "benign",
+                kind: SetKind::Benign,
+                samples: &self.data.eval_benign,
+            });
+        }
+        if wants(Metric::SkillAccuracy) {
+            sets.push(EvalSet {
+                name: "skill",
+                kind: SetKind::Skill,
+                samples: &self.data.eval_skill,
+            });
+        }
+        // Out-of-distribution harm: the aligned and attacked models (never a model with the
+        // vectors switched on, which is harmful by construction).
+        if wants(Metric::HarmfulRate)
+            && !self.data.eval_advbench.is_empty()
+            && !stage.vectors_on()
+            && stage != Stage::Shipped
+        {
+            sets.push(EvalSet {
+                name: "advbench",
+                kind: SetKind::Harmful,
+                samples: &self.data.eval_advbench,
+            });
+        }
+        let reports = evaluate_sets(model, self.tok, &self.judge, &self.config, &sets)?;
+        let mut out = BTreeMap::new();
+        for r in &reports {
+            let mut put = |key: &str, rate: Option<Rate>| {
+                if let Some(rate) = rate {
+                    out.insert(key.to_string(), rate);
+                }
+            };
+            match r.name.as_str() {
+                "advbench" => put(ADVBENCH_HARMFUL_RATE, r.harmful_rate()),
+                _ => {
+                    put(Metric::HarmfulRate.key(), r.harmful_rate());
+                    if wants(Metric::OverRefusal) {
+                        put(Metric::OverRefusal.key(), r.over_refusal());
+                    }
+                    if wants(Metric::BenignAccuracy) || r.kind == SetKind::Skill {
+                        put(
+                            match r.kind {
+                                SetKind::Skill => Metric::SkillAccuracy.key(),
+                                _ => Metric::BenignAccuracy.key(),
+                            },
+                            r.accuracy(),
+                        );
+                    }
+                }
+            }
+        }
+        let mut lines = String::new();
+        for report in &reports {
+            let set = report.name.as_str();
+            for r in &report.results {
+                #[derive(Serialize)]
+                struct Line<'a> {
+                    set: &'a str,
+                    #[serde(flatten)]
+                    result: &'a SampleResult,
+                }
+                lines += &serde_json::to_string(&Line { set, result: r })?;
+                lines.push('\n');
+            }
+        }
+        write_atomic(
+            &self.dir.join(format!("generations-{stage}.jsonl")),
+            lines.as_bytes(),
+        )?;
+        let secs = t.elapsed().as_secs_f64();
+        let shown: Vec<String> = out.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        eprintln!("  [{stage}] {} ({secs:.0}s)", shown.join(" | "));
+        Ok((out, secs))
+    }
+}
