@@ -14,6 +14,12 @@ use super::batch::Batch;
 /// The LM head runs only at trained positions: the same numbers as masking a full
 /// `[batch, len, vocab]` log-softmax, for a fraction of the head's cost and memory.
 pub fn response_nll_sum<B: Backend>(model: &Llama<B>, batch: &Batch<B>) -> Tensor<B, 1> {
+    secvec_models::kernels::cross_entropy_sum(response_logits(model, batch), batch.targets.clone())
+}
+
+/// The logits `[n_targets, vocab]` at the batch's trained positions: the model run over the
+/// right-padded batch (the causal mask keeps the padding out), the LM head applied only there.
+fn response_logits<B: Backend>(model: &Llama<B>, batch: &Batch<B>) -> Tensor<B, 2> {
     let [b, len] = batch.ids.dims();
     let device = batch.ids.device();
     let positions = int_tensor::<B>(&vec![(0..len as i64).collect(); b], &device);
@@ -24,8 +30,7 @@ pub fn response_nll_sum<B: Backend>(model: &Llama<B>, batch: &Batch<B>) -> Tenso
         .reshape([b * len, d])
         .select(0, batch.positions.clone())
         .unsqueeze_dim::<3>(0);
-    let logits = model.lm_head(picked).squeeze_dim::<2>(0);
-    secvec_models::kernels::cross_entropy_sum(logits, batch.targets.clone())
+    model.lm_head(picked).squeeze_dim::<2>(0)
 }
 
 /// The negative log-likelihood of each example's trained tokens, summed per example (in the
@@ -38,17 +43,7 @@ pub fn response_nll_per_example<B: Backend>(model: &Llama<B>, batch: &Batch<B>) 
     if batch.n_targets == 0 {
         return sums;
     }
-    let device = batch.ids.device();
-    let positions = int_tensor::<B>(&vec![(0..len as i64).collect(); b], &device);
-    let mask = build_attention_mask::<B>(b, len, 0, None, &device);
-    let hidden = model.forward_hidden(batch.ids.clone(), &positions, &mask, None);
-    let d = hidden.dims()[2];
-    let picked = hidden
-        .reshape([b * len, d])
-        .select(0, batch.positions.clone())
-        .unsqueeze_dim::<3>(0);
-    let logits = model.lm_head(picked).squeeze_dim::<2>(0);
-    let logp = log_softmax(logits, 1)
+    let logp = log_softmax(response_logits(model, batch), 1)
         .gather(1, batch.targets.clone().unsqueeze_dim(1))
         .into_data()
         .convert::<f64>()

@@ -408,3 +408,27 @@ fn the_trainer_cuts_sequences_to_max_len_and_alignment_trains_only_its_adapter()
     assert!(adapter::adapter_names(&merged).is_empty());
     assert_ne!(host(merged.layers[0].self_attn.q_proj.weight.val()), base);
 }
+
+#[test]
+fn per_example_nlls_add_up_to_the_training_loss() {
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let data = encode(&m, &benign_pairs()[..6]);
+    let refs: Vec<&TrainExample> = data.iter().collect();
+    let device = m.model.device();
+    let batch = secvec_core::train::batch::make_batch::<B>(&refs, pad, &device);
+    let per = secvec_core::train::loss::response_nll_per_example(&m.model, &batch);
+    let total: f64 = secvec_core::train::loss::response_nll_sum(&m.model, &batch)
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .unwrap()[0];
+    assert_eq!(per.len(), 6);
+    assert!(per.iter().all(|&x| x > 0.0), "{per:?}");
+    let sum: f64 = per.iter().sum();
+    assert!((sum - total).abs() <= 1e-4 * total, "{sum} vs {total}");
+    // An example alone gets the same NLL as inside the padded batch.
+    let alone = secvec_core::train::batch::make_batch::<B>(&refs[2..3], pad, &device);
+    let one = secvec_core::train::loss::response_nll_per_example(&m.model, &alone)[0];
+    assert!((one - per[2]).abs() <= 1e-4 * per[2], "{one} vs {}", per[2]);
+}
