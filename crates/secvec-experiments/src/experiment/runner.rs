@@ -3,7 +3,7 @@
 //! layout: [`super::record`]); the aligned model and the vectors come from the stage cache
 //! ([`super::cache`]) when another run made them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -49,7 +49,7 @@ struct Plan {
     /// The evaluated models the run reports, in pipeline order.
     wanted: Vec<Stage>,
     /// Records read back from an earlier attempt.
-    done: BTreeMap<String, StageRecord>,
+    done: HashMap<Stage, StageRecord>,
     /// Security vectors from 0 samples: the `active` arm is the plain attack, so it is not
     /// trained but reported as the same model as the `off` arm.
     no_vectors: bool,
@@ -78,11 +78,11 @@ impl Plan {
                     .map(|&a| Stage::AttackedVectorsOn(a)),
             );
         }
-        let mut done = BTreeMap::new();
+        let mut done = HashMap::new();
         for stage in &wanted {
             let p = stage_path(stages_dir, *stage);
             if p.is_file() {
-                done.insert(stage.name(), read_json::<StageRecord>(&p)?);
+                done.insert(*stage, read_json::<StageRecord>(&p)?);
             }
         }
         Ok(Self {
@@ -94,7 +94,7 @@ impl Plan {
 
     /// Whether `stage` still has to be evaluated.
     fn todo(&self, stage: Stage) -> bool {
-        self.wanted.contains(&stage) && !self.done.contains_key(&stage.name())
+        self.wanted.contains(&stage) && !self.done.contains_key(&stage)
     }
 
     /// Whether the aligned model has to be built (everything but the shipped model needs it).
@@ -124,9 +124,6 @@ struct RunContext<'a, B: AutodiffBackend> {
     /// `<cache>/experiments`.
     cache: PathBuf,
     model_name: String,
-    tok: &'a TextTokenizer,
-    stages_dir: PathBuf,
-    run_dir: PathBuf,
     fresh: bool,
     /// Training summaries of the cached stages (align, vectors), in order.
     training: Vec<TrainSummary>,
@@ -134,9 +131,18 @@ struct RunContext<'a, B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> RunContext<'_, B> {
+    fn tok(&self) -> &TextTokenizer {
+        self.evaluator.tok
+    }
+
+    /// The run's folder (the evaluator writes its generations there too).
+    fn run_dir(&self) -> &Path {
+        &self.evaluator.dir
+    }
+
     fn encode(&self, samples: &[Sample]) -> Result<Vec<TrainExample>> {
         Ok(encode_pairs(
-            self.tok,
+            self.tok(),
             &pairs(samples),
             self.exp.system_prompt.as_deref(),
             self.exp.max_len,
@@ -159,7 +165,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             training,
             same_as: None,
         };
-        write_json(&stage_path(&self.stages_dir, stage), &rec)?;
+        write_json(&stage_path(&self.run_dir().join("stages"), stage), &rec)?;
         // Fault injection for the resume tests: die like a killed process right after a stage.
         if std::env::var("SECVEC_FAULT_AFTER_STAGE").is_ok_and(|s| s == stage.name()) {
             eprintln!("SECVEC_FAULT_AFTER_STAGE: aborting after stage {stage}");
@@ -200,7 +206,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             serde_json::json!({ "data": samples_digest(&align_data) }),
         );
         let examples = self.encode(&align_data)?;
-        let pad = self.tok.pad_id();
+        let pad = self.tok().pad_id();
         let (mut m, summary, hash) = cached_adapter(
             &self.cache,
             "align",
@@ -231,7 +237,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             serde_json::json!({ "align": align_hash, "data": samples_digest(&self.data.sv) }),
         );
         let examples = self.encode(&self.data.sv)?;
-        let pad = self.tok.pad_id();
+        let pad = self.tok().pad_id();
         let n = self.data.sv.len();
         let (model, summary, _) = cached_adapter(
             &self.cache,
@@ -278,13 +284,13 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         let (tuned, report) = finetune(
             model.clone(),
             examples,
-            self.tok.pad_id(),
+            self.tok().pad_id(),
             &cfg,
             &mut NoCallback,
         )?;
         let summary = TrainSummary::new(&stage.name(), self.data.attack.len(), &report);
         write_json(
-            &self.run_dir.join(format!("train-{stage}.json")),
+            &self.run_dir().join(format!("train-{stage}.json")),
             &report.steps,
         )?;
         let mut inner = tuned.valid();
@@ -380,9 +386,6 @@ impl SweepJob {
             cache: secvec_models::registry::cache_dir(self.cache_dir.as_deref())
                 .join("experiments"),
             model_name: source.display_name(),
-            tok: &loaded.tokenizer,
-            stages_dir: stages_dir.clone(),
-            run_dir: dir.clone(),
             fresh: self.fresh,
             training: Vec::new(),
             _backend: std::marker::PhantomData,
@@ -414,16 +417,13 @@ impl SweepJob {
                 }
             }
         }
-        // Without vectors the `active` arm is the `off` arm's model: one record pointing at it,
-        // with its metrics.
+        // Without vectors the `active` arm is the `off` arm's model: one record pointing at it
+        // (its stage file holds no metrics; they are copied in below).
         if plan.no_vectors && plan.todo(Stage::Attacked(Arm::Active)) {
-            let off = records
-                .iter()
-                .find(|r| r.stage == Stage::Attacked(Arm::Off));
             let rec = StageRecord {
                 stage: Stage::Attacked(Arm::Active),
                 arm: Some(Arm::Active),
-                metrics: off.map(|r| r.metrics.clone()).unwrap_or_default(),
+                metrics: BTreeMap::new(),
                 eval_seconds: 0.0,
                 training: None,
                 same_as: Some(Stage::Attacked(Arm::Off)),
@@ -431,7 +431,7 @@ impl SweepJob {
             write_json(&stage_path(&stages_dir, rec.stage), &rec)?;
             records.push(rec);
         }
-        // A record from an earlier attempt made before its `off` arm was evaluated.
+        // Every record pointing at the `off` arm gets its metrics for the tables.
         if let Some(off) = records
             .iter()
             .find(|r| r.stage == Stage::Attacked(Arm::Off))
