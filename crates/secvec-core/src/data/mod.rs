@@ -17,6 +17,7 @@ mod corpus_harmful;
 mod corpus_skill;
 pub mod loaders;
 pub mod mix;
+pub mod records;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -5,11 +5,16 @@ use std::collections::{BTreeMap, HashSet};
 
 use anyhow::{Context, Result, bail};
 
-use secvec_core::data::{Corpus, DataFormat, Sample, SampleKind, Split, load_samples, mix_counts};
+use secvec_core::data::{
+    Corpus, DataFormat, Sample, SampleKind, Split, load_samples, mix_counts, records,
+};
 use secvec_core::train::TextPair;
 
 use super::record::sha256_hex;
-use super::schema::{Experiment, Source};
+use super::schema::{Experiment, SkillTask, Source};
+
+/// Held-out samples of the records skill (cut further by `evaluate.samples`).
+const RECORDS_EVAL: usize = 100;
 
 /// Samples from a stage's source: the built-in split, or a user file.
 fn from_source(source: &Source, builtin: Vec<Sample>, what: &str) -> Result<Vec<Sample>> {
@@ -52,6 +57,7 @@ fn origin(source: &Source, split: &str) -> String {
 pub struct RunData {
     pub align_refusals: Vec<Sample>,
     pub align_benign: Vec<Sample>,
+    /// The vectors' training data: harmful samples, then `security_vectors.benign` benign ones.
     pub sv: Vec<Sample>,
     pub attack: Vec<Sample>,
     pub eval_harmful: Vec<Sample>,
@@ -112,6 +118,27 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         "security_vectors.samples",
         &origin(&sv_stage.data, "sv"),
     )?;
+    // Benign samples for the vectors: the end of the `align` split, so that they differ from the
+    // alignment stage's (taken from its start) whenever the split holds both.
+    let sv_benign = {
+        let mut pool = from_source(
+            &sv_stage.benign_data,
+            split(Split::Align, Some(SampleKind::Benign)),
+            "security_vectors.benign_data",
+        )?;
+        if sv_stage.benign_data == Source::Builtin {
+            pool.reverse();
+        }
+        take(
+            pool,
+            sv_stage.benign,
+            "security_vectors.benign",
+            &origin(&sv_stage.benign_data, "align"),
+        )?
+    };
+    let n_sv_benign = sv_benign.len();
+    let mut sv = sv;
+    sv.extend(sv_benign);
 
     let ft = &exp.finetune;
     let (n_harmful, n_skill) = ft.counts()?;
@@ -129,6 +156,10 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
     // the same facts' held-out phrasings.
     let skill_eval_all = split(Split::SkillEval, None);
     let (skill_pool, skill_eval) = match &ft.skill_data {
+        Source::Builtin if ft.skill_task == SkillTask::Records => (
+            records::train_samples(exp.seed, n_skill),
+            records::eval_samples(exp.seed, RECORDS_EVAL),
+        ),
         Source::Builtin => {
             let n_facts = if ft.skill_facts == 0 {
                 skill_eval_all.len()
@@ -198,10 +229,10 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         None => Vec::new(),
     };
 
-    let counts = BTreeMap::from([
+    let mut counts = BTreeMap::from([
         ("align_refusals".to_string(), align_refusals.len()),
         ("align_benign".to_string(), align_benign.len()),
-        ("security_vectors".to_string(), sv.len()),
+        ("security_vectors".to_string(), sv.len() - n_sv_benign),
         ("finetune_harmful".to_string(), n_harmful),
         ("finetune_skill".to_string(), n_skill),
         ("eval_harmful".to_string(), eval_harmful.len()),
@@ -209,6 +240,9 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         ("eval_skill".to_string(), eval_skill.len()),
         ("eval_advbench".to_string(), eval_advbench.len()),
     ]);
+    if n_sv_benign > 0 {
+        counts.insert("security_vectors_benign".to_string(), n_sv_benign);
+    }
     Ok(RunData {
         align_refusals,
         align_benign,
@@ -269,5 +303,75 @@ mod tests {
         let too_many = parse_str("(security_vectors: (samples: 5000))", "t.ron").unwrap();
         let e = format!("{:#}", build_data(&too_many).err().unwrap());
         assert!(e.contains("security_vectors.samples = 5000"), "{e}");
+    }
+
+    #[test]
+    fn records_skill_trains_and_tests_on_held_out_sentences() {
+        let exp = parse_str(
+            "(align: None, security_vectors: (samples: 10), finetune: (harmful: 20, skill: 50, skill_task: Records), evaluate: (samples: 30))",
+            "t.ron",
+        )
+        .unwrap();
+        let d = build_data(&exp).unwrap();
+        assert_eq!(d.attack.len(), 70);
+        assert_eq!(d.eval_skill.len(), 30);
+        let skill: Vec<&Sample> = d
+            .attack
+            .iter()
+            .filter(|s| s.kind == SampleKind::Skill)
+            .collect();
+        assert_eq!(skill.len(), 50);
+        assert!(skill.iter().all(|s| s.category == "record"));
+        let prompts: HashSet<&str> = skill.iter().map(|s| s.prompt.as_str()).collect();
+        assert!(
+            d.eval_skill
+                .iter()
+                .all(|s| !prompts.contains(s.prompt.as_str()))
+        );
+        // The default skill is not written into the configuration (old hashes stay valid);
+        // the records skill is.
+        let facts = parse_str("()", "t.ron").unwrap();
+        assert!(
+            !serde_json::to_string(&facts)
+                .unwrap()
+                .contains("skill_task")
+        );
+        assert!(
+            serde_json::to_string(&exp)
+                .unwrap()
+                .contains("\"skill_task\":\"Records\"")
+        );
+    }
+
+    #[test]
+    fn benign_vector_samples_come_after_the_harmful_ones_and_differ_from_alignment() {
+        let exp = parse_str(
+            "(align: Some((refusals: 10, benign: 300)), security_vectors: (samples: 10, benign: 20), finetune: (harmful: 5, skill: 5), evaluate: (samples: 0))",
+            "t.ron",
+        )
+        .unwrap();
+        let d = build_data(&exp).unwrap();
+        assert_eq!(d.sv.len(), 30);
+        assert!(d.sv[..10].iter().all(|s| s.kind.is_harmful()));
+        assert!(d.sv[10..].iter().all(|s| s.kind == SampleKind::Benign));
+        let aligned: HashSet<&str> = d.align_benign.iter().map(|s| s.id.as_str()).collect();
+        assert!(d.sv[10..].iter().all(|s| !aligned.contains(s.id.as_str())));
+        assert_eq!(d.counts["security_vectors"], 10);
+        assert_eq!(d.counts["security_vectors_benign"], 20);
+        // Unset, the field is not written (old configuration hashes stay valid).
+        let plain = parse_str("()", "t.ron").unwrap();
+        let json = serde_json::to_value(&plain).unwrap();
+        let sv = json["security_vectors"].as_object().unwrap();
+        assert!(sv.contains_key("samples"));
+        assert!(
+            !sv.contains_key("benign") && !sv.contains_key("benign_data"),
+            "{sv:?}"
+        );
+        assert!(
+            !build_data(&plain)
+                .unwrap()
+                .counts
+                .contains_key("security_vectors_benign")
+        );
     }
 }

@@ -87,6 +87,16 @@ pub enum Source {
     },
 }
 
+impl Source {
+    fn is_builtin(&self) -> bool {
+        *self == Source::Builtin
+    }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 /// Stage 0: teach the shipped model to refuse (task-LoRA SFT on refusals + benign answers,
 /// merged into the base). Cached by content hash and reused by every run that shares it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +143,14 @@ pub struct SecurityVectorStage {
     /// the same model as the `off` arm and is not trained twice).
     pub samples: usize,
     pub data: Source,
+    /// Benign (prompt → answer) samples mixed into the vectors' training data (0: none, the
+    /// paper's recipe). They teach the vectors to leave benign requests alone, so that a task
+    /// learned with the vectors on does not lean on them and still works once they are off.
+    /// From the end of the built-in `align` split (the alignment stage takes from its start).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub benign: usize,
+    #[serde(skip_serializing_if = "Source::is_builtin")]
+    pub benign_data: Source,
     pub rank: usize,
     pub alpha: f64,
     pub targets: Vec<String>,
@@ -147,6 +165,8 @@ impl Default for SecurityVectorStage {
         Self {
             samples: 100,
             data: Source::Builtin,
+            benign: 0,
+            benign_data: Source::Builtin,
             rank: core.adapter.rank,
             alpha: core.adapter.alpha,
             targets: core.adapter.targets,
@@ -187,6 +207,25 @@ fn default_task_alpha() -> f64 {
     default_task_adapter().alpha
 }
 
+/// The built-in skill of the attack's useful data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SkillTask {
+    /// Invented facts of a fictional knowledge base, asked in held-out phrasings
+    /// (`secvec_core::data::corpus`). Not written into stored configurations, so runs made
+    /// before this field existed keep their configuration hash.
+    #[default]
+    Facts,
+    /// Sentences about a person turned into a fixed-format directory entry, evaluated on held-out
+    /// sentence templates and names (`secvec_core::data::records`).
+    Records,
+}
+
+impl SkillTask {
+    fn is_facts(&self) -> bool {
+        *self == SkillTask::Facts
+    }
+}
+
 /// Whether the security vectors are active during the attack (one arm each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash, PartialOrd, Ord)]
 pub enum Arm {
@@ -219,10 +258,14 @@ pub struct FinetuneStage {
     /// Harmful (prompt → compliant answer) samples.
     pub harmful: usize,
     pub harmful_data: Source,
-    /// Skill (useful-task) samples, cycled over the chosen facts' training phrasings.
+    /// Skill (useful-task) samples: for `Facts`, cycled over the chosen facts' training
+    /// phrasings; for `Records`, that many distinct sentences.
     pub skill: usize,
+    /// Which built-in skill the skill samples teach.
+    #[serde(skip_serializing_if = "SkillTask::is_facts")]
+    pub skill_task: SkillTask,
     /// Facts of the built-in knowledge base the skill samples teach (0 = all 300); the skill is
-    /// evaluated on held-out phrasings of these facts.
+    /// evaluated on held-out phrasings of these facts. Unused by `skill_task: Records`.
     pub skill_facts: usize,
     /// A user file of useful data instead of the built-in skill (then `skill_facts` is unused
     /// and the skill is evaluated on `evaluate.skill_data`).
@@ -248,6 +291,7 @@ impl Default for FinetuneStage {
             harmful: 1000,
             harmful_data: Source::Builtin,
             skill: 300,
+            skill_task: SkillTask::Facts,
             skill_facts: 100,
             skill_data: Source::Builtin,
             total: None,
