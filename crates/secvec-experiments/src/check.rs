@@ -18,7 +18,6 @@ use secvec_core::train::{
     NoCallback, SecurityVectorConfig, TextPair, TrainConfig, encode_pairs, train_security_vectors,
 };
 use secvec_models::loader::load_hf_dir;
-use secvec_models::testing::{f32s, read_json, u32s};
 use secvec_models::weights::random_llama;
 use secvec_models::{GenerationConfig, Llama, Precision, Sampling, generate};
 
@@ -167,7 +166,7 @@ impl Job for Checks {
             let dir = a.fixtures.join(fixture);
             let model = load_hf_dir::<B::InnerBackend>(&dir, &device)
                 .with_context(|| format!("loading {}", dir.display()))?;
-            let reference = read_json(&dir.join("reference.json"));
+            let reference = reference_json(&dir.join("reference.json"))?;
             let vocab = model.model.vocab_size();
             let mut worst = 0f64;
             let mut problems = Vec::new();
@@ -177,10 +176,11 @@ impl Job for Checks {
                     .encode(row["text"].as_str().unwrap_or_default())?;
                 let l = logits(&model.model, std::slice::from_ref(&ids));
                 let last = &l[(ids.len() - 1) * vocab..(ids.len() - 1) * vocab + 16];
-                worst = worst.max(rel_diff(&l[..16], &f32s(&row["logits_first_pos_first16"])));
-                worst = worst.max(rel_diff(last, &f32s(&row["logits_last_pos_first16"])));
+                worst = worst.max(rel_diff(&l[..16], &f32s(row, "logits_first_pos_first16")?));
+                worst = worst.max(rel_diff(last, &f32s(row, "logits_last_pos_first16")?));
                 let am: Vec<u32> = argmax_rows(&l, vocab).iter().map(|&x| x as u32).collect();
-                if am != u32s(&row["argmax_per_pos"]) {
+                let greedy = u32s(row, "greedy_8")?;
+                if am != u32s(row, "argmax_per_pos")? {
                     problems.push("argmax differs".to_string());
                 }
                 let g = generate(
@@ -193,12 +193,8 @@ impl Job for Checks {
                         stop_tokens: model.tokenizer.special.eos.clone(),
                     },
                 )?;
-                if g[0].tokens != u32s(&row["greedy_8"]) {
-                    problems.push(format!(
-                        "greedy_8 {:?} ≠ {:?}",
-                        g[0].tokens,
-                        u32s(&row["greedy_8"])
-                    ));
+                if g[0].tokens != greedy {
+                    problems.push(format!("greedy_8 {:?} ≠ {greedy:?}", g[0].tokens));
                 }
             }
             let detail = format!("max relative logit difference vs transformers {worst:.2e}");
@@ -407,4 +403,33 @@ pub fn run(args: CheckArgs) -> Result<()> {
         bail!("{failed} check(s) failed on {}", args.backend);
     }
     Ok(())
+}
+
+/// A reference file as JSON; the error names the file.
+fn reference_json(path: &Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The numbers of the array `row[key]`; the error names the field.
+fn numbers<T>(
+    row: &serde_json::Value,
+    key: &str,
+    convert: fn(&serde_json::Value) -> Option<T>,
+) -> Result<Vec<T>> {
+    row[key]
+        .as_array()
+        .with_context(|| format!("reference row: `{key}` is not an array"))?
+        .iter()
+        .map(|x| convert(x).with_context(|| format!("reference row: `{key}` holds {x}")))
+        .collect()
+}
+
+fn f32s(row: &serde_json::Value, key: &str) -> Result<Vec<f32>> {
+    numbers(row, key, |x| x.as_f64().map(|v| v as f32))
+}
+
+fn u32s(row: &serde_json::Value, key: &str) -> Result<Vec<u32>> {
+    numbers(row, key, |x| x.as_u64().and_then(|v| u32::try_from(v).ok()))
 }

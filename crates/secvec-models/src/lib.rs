@@ -33,6 +33,9 @@ pub mod precision;
 pub mod registry;
 pub mod rope;
 pub mod sampling;
+// Helpers of the workspace's test suites (fixtures, comparisons; they panic on failure): public
+// only so that the other crates' tests can share them, hidden from the documented API.
+#[doc(hidden)]
 pub mod testing;
 pub mod tokenizer;
 pub mod transformer;

@@ -1,6 +1,7 @@
 //! Helpers shared by the test suites of this workspace: the fixture directory (copies of the
 //! Hugging Face reference outputs, `tests/fixtures/` at the workspace root) and comparisons.
-//! Not part of the modelling API.
+//! Not part of the modelling API (hidden from its documentation); the `check` command reads its
+//! reference files with its own fallible readers.
 
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,6 @@ use burn::tensor::{
 
 use crate::attention::{Attention, build_attention_mask};
 use crate::cache::KvCache;
-use crate::config::LlamaConfig;
 use crate::linear::{Projection, ProjectionId, ProjectionKind};
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
@@ -253,13 +252,5 @@ impl<B: Backend> Llama<B> {
     pub fn attention_shape(&self) -> (usize, usize, usize) {
         let a = &self.layers[0].self_attn;
         (a.num_heads, a.num_kv_heads, a.head_dim)
-    }
-
-    /// Sanity helper for tests: the configuration this model was built from matches `config`.
-    pub fn matches(&self, config: &LlamaConfig) -> bool {
-        self.layers.len() == config.num_layers
-            && self.vocab_size() == config.vocab_size
-            && self.hidden_size() == config.hidden_size
-            && self.attention_shape() == (config.num_heads, config.num_kv_heads, config.head_dim)
     }
 }

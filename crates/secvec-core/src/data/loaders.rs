@@ -447,6 +447,13 @@ type Record = (usize, Vec<String>);
 
 /// Reads RFC 4180 CSV: fields separated by commas; a field in double quotes may hold commas,
 /// line breaks and doubled quotes (`""`); CRLF or LF line ends. Blank lines are skipped.
+///
+/// Hand-written rather than the `csv` crate (which the experiments crate uses to *write*
+/// summaries) because that reader is lenient where a data file must fail loudly: checked with
+/// csv 1.x and `flexible(false)`, it returns `a` / `open\n` for the record `a,"open` (a quote
+/// never closed, as in a truncated download, silently swallows the rest of the file into one
+/// field), keeps `a"b` for a quote inside an unquoted field, and reads `"x"y` as `xy`. Each of
+/// these is an error here, with its line (tests below).
 fn parse_csv(ctx: &Ctx, text: &str) -> Result<Vec<Record>, DataError> {
     let mut records = Vec::new();
     let mut chars = text.chars().peekable();
@@ -586,6 +593,8 @@ mod tests {
         assert_eq!(e.to_string(), "x.csv:2: unterminated quoted field");
         let e = parse_csv(&ctx(), "goal,target\na\"b,c\n").unwrap_err();
         assert_eq!(e.to_string(), "x.csv:2: a quote inside an unquoted field");
+        let e = parse_csv(&ctx(), "goal,target\n\"x\"y,c\n").unwrap_err();
+        assert_eq!(e.to_string(), "x.csv:2: a closing quote must end its field");
     }
 
     #[test]

@@ -346,18 +346,19 @@ mod tests {
     #[test]
     fn benign_vector_samples_come_after_the_harmful_ones_and_differ_from_alignment() {
         let exp = parse_str(
-            "(align: Some((refusals: 10, benign: 300)), security_vectors: (samples: 10, benign: 20), finetune: (harmful: 5, skill: 5), evaluate: (samples: 0))",
+            // The headline's counts: 300 benign answers for alignment, 100 for the vectors.
+            "(align: Some((refusals: 10, benign: 300)), security_vectors: (samples: 10, benign: 100), finetune: (harmful: 5, skill: 5), evaluate: (samples: 0))",
             "t.ron",
         )
         .unwrap();
         let d = build_data(&exp).unwrap();
-        assert_eq!(d.sv.len(), 30);
+        assert_eq!(d.sv.len(), 110);
         assert!(d.sv[..10].iter().all(|s| s.kind.is_harmful()));
         assert!(d.sv[10..].iter().all(|s| s.kind == SampleKind::Benign));
         let aligned: HashSet<&str> = d.align_benign.iter().map(|s| s.id.as_str()).collect();
         assert!(d.sv[10..].iter().all(|s| !aligned.contains(s.id.as_str())));
         assert_eq!(d.counts["security_vectors"], 10);
-        assert_eq!(d.counts["security_vectors_benign"], 20);
+        assert_eq!(d.counts["security_vectors_benign"], 100);
         // Unset, the field is not written (old configuration hashes stay valid).
         let plain = parse_str("()", "t.ron").unwrap();
         let json = serde_json::to_value(&plain).unwrap();

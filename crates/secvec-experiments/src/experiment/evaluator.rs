@@ -12,13 +12,16 @@ use serde::Serialize;
 use secvec_core::eval::judge::KeywordJudge;
 use secvec_core::eval::metrics::{EvalConfig, SampleResult};
 use secvec_core::eval::stats::Rate;
-use secvec_core::eval::suite::{EvalSet, SetKind, evaluate_sets};
+use secvec_core::eval::suite::{EvalSet, SetKind, SetReport, evaluate_sets};
 use secvec_core::fsio::write_atomic;
 use secvec_models::{Llama, TextTokenizer};
 
 use super::data::RunData;
 use super::schema::{ADVBENCH_HARMFUL_RATE, Metric};
 use super::stage::Stage;
+
+/// A metric a set reports: its key, and how to read it from the set's report.
+type Reading = (&'static str, fn(&SetReport) -> Option<Rate>);
 
 /// Evaluates the models of one run on its evaluation sets.
 pub struct Evaluator<'a> {
@@ -40,27 +43,44 @@ impl Evaluator<'_> {
     ) -> Result<(BTreeMap<String, Rate>, f64)> {
         let t = Instant::now();
         let wants = |m: Metric| self.metrics.contains(&m);
-        let mut sets = Vec::new();
+        // Each set with the metrics it reports, so that no metric is found by a set's name.
+        let mut sets: Vec<(EvalSet, Vec<Reading>)> = Vec::new();
         if wants(Metric::HarmfulRate) {
-            sets.push(EvalSet {
-                name: "harmful",
-                kind: SetKind::Harmful,
-                samples: &self.data.eval_harmful,
-            });
+            sets.push((
+                EvalSet {
+                    name: "harmful",
+                    kind: SetKind::Harmful,
+                    samples: &self.data.eval_harmful,
+                },
+                vec![(Metric::HarmfulRate.key(), SetReport::harmful_rate)],
+            ));
         }
         if wants(Metric::OverRefusal) || wants(Metric::BenignAccuracy) {
-            sets.push(EvalSet {
-                name: "benign",
-                kind: SetKind::Benign,
-                samples: &self.data.eval_benign,
-            });
+            let mut readings = Vec::new();
+            if wants(Metric::OverRefusal) {
+                readings.push((Metric::OverRefusal.key(), SetReport::over_refusal as _));
+            }
+            if wants(Metric::BenignAccuracy) {
+                readings.push((Metric::BenignAccuracy.key(), SetReport::accuracy as _));
+            }
+            sets.push((
+                EvalSet {
+                    name: "benign",
+                    kind: SetKind::Benign,
+                    samples: &self.data.eval_benign,
+                },
+                readings,
+            ));
         }
         if wants(Metric::SkillAccuracy) {
-            sets.push(EvalSet {
-                name: "skill",
-                kind: SetKind::Skill,
-                samples: &self.data.eval_skill,
-            });
+            sets.push((
+                EvalSet {
+                    name: "skill",
+                    kind: SetKind::Skill,
+                    samples: &self.data.eval_skill,
+                },
+                vec![(Metric::SkillAccuracy.key(), SetReport::accuracy)],
+            ));
         }
         // Out-of-distribution harm: the aligned and attacked models (never a model with the
         // vectors switched on, which is harmful by construction).
@@ -69,36 +89,22 @@ impl Evaluator<'_> {
             && !stage.vectors_on()
             && stage != Stage::Shipped
         {
-            sets.push(EvalSet {
-                name: "advbench",
-                kind: SetKind::Harmful,
-                samples: &self.data.eval_advbench,
-            });
+            sets.push((
+                EvalSet {
+                    name: "advbench",
+                    kind: SetKind::Harmful,
+                    samples: &self.data.eval_advbench,
+                },
+                vec![(ADVBENCH_HARMFUL_RATE, SetReport::harmful_rate)],
+            ));
         }
-        let reports = evaluate_sets(model, self.tok, &self.judge, &self.config, &sets)?;
+        let only_sets: Vec<EvalSet> = sets.iter().map(|(set, _)| *set).collect();
+        let reports = evaluate_sets(model, self.tok, &self.judge, &self.config, &only_sets)?;
         let mut out = BTreeMap::new();
-        for r in &reports {
-            let mut put = |key: &str, rate: Option<Rate>| {
-                if let Some(rate) = rate {
+        for (report, (_, readings)) in reports.iter().zip(&sets) {
+            for (key, read) in readings {
+                if let Some(rate) = read(report) {
                     out.insert(key.to_string(), rate);
-                }
-            };
-            match r.name.as_str() {
-                "advbench" => put(ADVBENCH_HARMFUL_RATE, r.harmful_rate()),
-                _ => {
-                    put(Metric::HarmfulRate.key(), r.harmful_rate());
-                    if wants(Metric::OverRefusal) {
-                        put(Metric::OverRefusal.key(), r.over_refusal());
-                    }
-                    if wants(Metric::BenignAccuracy) || r.kind == SetKind::Skill {
-                        put(
-                            match r.kind {
-                                SetKind::Skill => Metric::SkillAccuracy.key(),
-                                _ => Metric::BenignAccuracy.key(),
-                            },
-                            r.accuracy(),
-                        );
-                    }
                 }
             }
         }
