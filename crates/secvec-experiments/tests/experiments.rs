@@ -155,6 +155,26 @@ fn sweep_writes_runs_tables_and_plots_and_dry_run_lists_state() {
     let md = std::fs::read_to_string(exp.join("summary.md")).unwrap();
     assert!(md.contains("runs finished: 4/4"), "{md}");
     assert!(md.contains("| sv | attack_lr |"), "{md}");
+    // The pooled section names the run worst for the defence in each row: for the harmful rate
+    // with vectors, a run whose rate is the highest in summary.csv.
+    assert!(md.contains("## Pooled over the 4 runs"), "{md}");
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| harmful rate | attack with vectors |"))
+        .unwrap_or_else(|| panic!("{md}"));
+    let cell = row.trim_end_matches('|').rsplit('|').next().unwrap().trim();
+    let (worst_run, _) = cell.split_once(": ").unwrap_or_else(|| panic!("{row}"));
+    let active: Vec<(&str, f64)> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f[3] == "attacked-active")
+        .map(|f| (f[0], f[6].parse().unwrap()))
+        .collect();
+    assert_eq!(active.len(), 4, "{csv}");
+    let highest = active.iter().map(|a| a.1).fold(f64::MIN, f64::max);
+    let of_worst = active.iter().find(|a| a.0 == worst_run).map(|a| a.1);
+    assert_eq!(of_worst, Some(highest), "{row}\n{csv}");
     for axis in ["sv", "attack_lr"] {
         for metric in ["harmful_rate", "skill_accuracy"] {
             let svg =

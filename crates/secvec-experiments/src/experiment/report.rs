@@ -237,17 +237,29 @@ pub fn markdown(
     md
 }
 
+/// Which way a metric is worse for the defence.
+#[derive(Clone, Copy)]
+enum Worse {
+    Higher,
+    Lower,
+}
+
 /// The pooled section of `summary.md` for several runs (seeds): per model and metric the counts
 /// summed over runs with their Wilson interval, and the range of the per-run rates.
 fn pooled(runs: &[RunMetrics], advbench: bool) -> String {
+    // Each metric with the direction that is worse for the defence (for the worst-run column).
     let mut metrics = vec![
-        ("harmful rate", "harmful_rate"),
-        ("over-refusal", "over_refusal"),
-        ("benign accuracy", "benign_accuracy"),
-        ("skill accuracy", "skill_accuracy"),
+        ("harmful rate", "harmful_rate", Worse::Higher),
+        ("over-refusal", "over_refusal", Worse::Higher),
+        ("benign accuracy", "benign_accuracy", Worse::Lower),
+        ("skill accuracy", "skill_accuracy", Worse::Lower),
     ];
     if advbench {
-        metrics.push(("AdvBench harmful rate", ADVBENCH_HARMFUL_RATE));
+        metrics.push((
+            "AdvBench harmful rate",
+            ADVBENCH_HARMFUL_RATE,
+            Worse::Higher,
+        ));
     }
     let models = [
         (Stage::Aligned, "aligned"),
@@ -257,16 +269,19 @@ fn pooled(runs: &[RunMetrics], advbench: bool) -> String {
     let mut md = format!(
         "\n## Pooled over the {} runs\n\nCounts summed over the runs, with the 95% Wilson interval of the \
          pooled rate (it treats every prompt of every run as independent, so it leaves out the \
-         run-to-run spread), and the lowest and highest rate of a single run.\n\n| metric | model | \
-         pooled | per-run range |\n|---|---|---|---|\n",
+         run-to-run spread), the lowest and highest rate of a single run, and the run worst for \
+         the defence (highest harmful rate or over-refusal, lowest accuracy): over seeds a spread, \
+         over an attacker's settings the worst case.\n\n| metric | model | pooled | per-run range \
+         | worst run |\n|---|---|---|---|---|\n",
         runs.len()
     );
-    for (label, key) in &metrics {
+    for (label, key, worse) in &metrics {
         for (stage, model) in &models {
-            let rates: Vec<&Rate> = runs
+            let per_run: Vec<(&str, &Rate)> = runs
                 .iter()
-                .filter_map(|r| metric(r.stage(*stage), key))
+                .filter_map(|r| metric(r.stage(*stage), key).map(|m| (r.run.as_str(), m)))
                 .collect();
+            let rates: Vec<&Rate> = per_run.iter().map(|(_, m)| *m).collect();
             if rates.is_empty() {
                 continue;
             }
@@ -279,12 +294,22 @@ fn pooled(runs: &[RunMetrics], advbench: bool) -> String {
                 .iter()
                 .map(|r| r.rate)
                 .fold(f64::NEG_INFINITY, f64::max);
+            // The first run at the worst rate.
+            let worst = per_run.iter().fold(per_run[0], |w, &r| {
+                let beats = match worse {
+                    Worse::Higher => r.1.rate > w.1.rate,
+                    Worse::Lower => r.1.rate < w.1.rate,
+                };
+                if beats { r } else { w }
+            });
             md += &format!(
-                "| {label} | {model} | {} | {:.1}–{:.1}% ({} runs) |\n",
+                "| {label} | {model} | {} | {:.1}–{:.1}% ({} runs) | {}: {} |\n",
                 cell(Some(&pooled)),
                 100.0 * lo,
                 100.0 * hi,
-                rates.len()
+                rates.len(),
+                worst.0,
+                pct(worst.1)
             );
         }
     }
@@ -441,4 +466,81 @@ pub fn write_all(
     let mut files = vec![dir.join("summary.csv"), dir.join("summary.md")];
     files.extend(plots(dir, exp, runs)?);
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::experiment::record::StageRecord;
+    use crate::experiment::schema::parse_str;
+
+    /// A finished run whose model `stage` has `harmful` of 10 harmful prompts answered and
+    /// `skill` of 10 skill questions right.
+    fn run(name: &str, stage: Stage, harmful: usize, skill: usize) -> RunMetrics {
+        let metrics = BTreeMap::from([
+            ("harmful_rate".to_string(), Rate::new(harmful, 10)),
+            ("skill_accuracy".to_string(), Rate::new(skill, 10)),
+        ]);
+        RunMetrics {
+            experiment: "t".into(),
+            run: name.into(),
+            point: Vec::new(),
+            config_hash: String::new(),
+            config: parse_str("()", "t.ron").unwrap(),
+            model: String::new(),
+            backend: "flex".into(),
+            git_revision: String::new(),
+            finished_unix: 0,
+            wall_seconds: 0.0,
+            data: BTreeMap::new(),
+            training: Vec::new(),
+            stages: vec![StageRecord {
+                stage,
+                arm: None,
+                metrics,
+                eval_seconds: 0.0,
+                training: None,
+                same_as: None,
+            }],
+        }
+    }
+
+    fn row<'a>(md: &'a str, start: &str) -> &'a str {
+        md.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no row {start}:\n{md}"))
+    }
+
+    #[test]
+    fn pooled_rows_name_the_run_worst_for_the_defence() {
+        let active = Stage::Attacked(Arm::Active);
+        let runs = [
+            run("lr=1", active, 1, 9),
+            run("lr=2", active, 4, 6),
+            run("lr=3", active, 2, 3),
+        ];
+        let md = pooled(&runs, false);
+        // Harm: the highest rate is worst; accuracy: the lowest.
+        let harm = row(&md, "| harmful rate | attack with vectors |");
+        assert!(harm.contains("| 23.3% (7/30;"), "{harm}");
+        assert!(
+            harm.contains("| 10.0–40.0% (3 runs) | lr=2: 40.0% |"),
+            "{harm}"
+        );
+        let skill = row(&md, "| skill accuracy | attack with vectors |");
+        assert!(
+            skill.contains("| 30.0–90.0% (3 runs) | lr=3: 30.0% |"),
+            "{skill}"
+        );
+        // Models no run has are left out; ties go to the first run.
+        assert!(!md.contains("| aligned |"), "{md}");
+        let tied = [run("a", active, 2, 5), run("b", active, 2, 5)];
+        let md = pooled(&tied, false);
+        assert!(
+            row(&md, "| harmful rate |").ends_with("| a: 20.0% |"),
+            "{md}"
+        );
+    }
 }
