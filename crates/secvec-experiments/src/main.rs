@@ -48,7 +48,19 @@ enum Command {
     Check(check::CheckArgs),
 }
 
+/// Lets `secvec-experiments ... | head` end quietly when the reader closes the pipe, as other
+/// command-line tools do, instead of panicking in `println!` (Rust ignores SIGPIPE by default, so
+/// the write fails and `println!` panics on the error).
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: sets one signal's disposition at start-up, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> Result<()> {
+    default_sigpipe();
     if std::env::var("SECVEC_MALLOC").map_or(true, |v| v != "system") {
         secvec_models::kernels::tune_allocator();
     }

@@ -482,3 +482,23 @@ fn a_bf16_run_goes_to_its_own_folder_and_cache() {
     );
     assert_fails_with(&out, "ndarray backend lacks");
 }
+
+#[test]
+fn a_closed_output_pipe_ends_the_listing_without_a_panic() {
+    // `--dry-run | head -1`: the reader is gone before the listing is written.
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../experiments/attack-lr.ron");
+    let results = std::env::temp_dir().join(format!("secvec-pipe-{}", std::process::id()));
+    let mut child = Command::new(bin())
+        .arg(&file)
+        .args(["--dry-run", "--results"])
+        .arg(&results)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    let _ = std::fs::remove_dir_all(&results);
+}
