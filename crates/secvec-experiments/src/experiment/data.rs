@@ -273,31 +273,39 @@ mod tests {
     use super::*;
     use crate::experiment::schema::parse_str;
 
-    #[test]
-    fn skill_data_teaches_and_tests_the_same_facts() {
-        let exp = parse_str(
-            "(align: None, security_vectors: (samples: 10), finetune: (harmful: 20, skill: 50, skill_facts: 7), evaluate: (samples: 0))",
-            "t.ron",
-        )
-        .unwrap();
-        let d = build_data(&exp).unwrap();
-        assert_eq!(d.attack.len(), 70);
-        assert_eq!(d.eval_skill.len(), 7);
-        let taught: HashSet<&str> = d
-            .attack
+    /// The data of the experiment written `ron`.
+    fn data_of(ron: &str) -> RunData {
+        build_data(&parse_str(ron, "t.ron").unwrap()).unwrap()
+    }
+
+    /// The skill samples of the attack.
+    fn skill_of(d: &RunData) -> Vec<&Sample> {
+        d.attack
             .iter()
             .filter(|s| s.kind == SampleKind::Skill)
-            .map(|s| fact_of(&s.id))
-            .collect();
+            .collect()
+    }
+
+    /// No evaluated skill prompt is a training prompt.
+    fn held_out(d: &RunData) -> bool {
+        let prompts: HashSet<&str> = d.attack.iter().map(|s| s.prompt.as_str()).collect();
+        d.eval_skill
+            .iter()
+            .all(|s| !prompts.contains(s.prompt.as_str()))
+    }
+
+    #[test]
+    fn skill_data_teaches_and_tests_the_same_facts() {
+        let d = data_of(
+            "(align: None, security_vectors: (samples: 10), finetune: (harmful: 20, skill: 50, skill_facts: 7), evaluate: (samples: 0))",
+        );
+        assert_eq!(d.attack.len(), 70);
+        assert_eq!(d.eval_skill.len(), 7);
+        let taught: HashSet<&str> = skill_of(&d).iter().map(|s| fact_of(&s.id)).collect();
         let tested: HashSet<&str> = d.eval_skill.iter().map(|s| fact_of(&s.id)).collect();
         assert_eq!(taught, tested);
         // Held-out phrasings: no evaluated question is a training question.
-        let prompts: HashSet<&str> = d.attack.iter().map(|s| s.prompt.as_str()).collect();
-        assert!(
-            d.eval_skill
-                .iter()
-                .all(|s| !prompts.contains(s.prompt.as_str()))
-        );
+        assert!(held_out(&d));
         assert_eq!(d.attack.iter().filter(|s| s.kind.is_harmful()).count(), 20);
 
         let too_many = parse_str("(security_vectors: (samples: 5000))", "t.ron").unwrap();
@@ -307,27 +315,15 @@ mod tests {
 
     #[test]
     fn records_skill_trains_and_tests_on_held_out_sentences() {
-        let exp = parse_str(
-            "(align: None, security_vectors: (samples: 10), finetune: (harmful: 20, skill: 50, skill_task: Records), evaluate: (samples: 30))",
-            "t.ron",
-        )
-        .unwrap();
-        let d = build_data(&exp).unwrap();
+        let ron = "(align: None, security_vectors: (samples: 10), finetune: (harmful: 20, skill: 50, skill_task: Records), evaluate: (samples: 30))";
+        let exp = parse_str(ron, "t.ron").unwrap();
+        let d = data_of(ron);
         assert_eq!(d.attack.len(), 70);
         assert_eq!(d.eval_skill.len(), 30);
-        let skill: Vec<&Sample> = d
-            .attack
-            .iter()
-            .filter(|s| s.kind == SampleKind::Skill)
-            .collect();
+        let skill = skill_of(&d);
         assert_eq!(skill.len(), 50);
         assert!(skill.iter().all(|s| s.category == "record"));
-        let prompts: HashSet<&str> = skill.iter().map(|s| s.prompt.as_str()).collect();
-        assert!(
-            d.eval_skill
-                .iter()
-                .all(|s| !prompts.contains(s.prompt.as_str()))
-        );
+        assert!(held_out(&d));
         // The default skill is not written into the configuration (old hashes stay valid);
         // the records skill is.
         let facts = parse_str("()", "t.ron").unwrap();
@@ -345,13 +341,10 @@ mod tests {
 
     #[test]
     fn benign_vector_samples_come_after_the_harmful_ones_and_differ_from_alignment() {
-        let exp = parse_str(
-            // The headline's counts: 300 benign answers for alignment, 100 for the vectors.
+        // The headline's counts: 300 benign answers for alignment, 100 for the vectors.
+        let d = data_of(
             "(align: Some((refusals: 10, benign: 300)), security_vectors: (samples: 10, benign: 100), finetune: (harmful: 5, skill: 5), evaluate: (samples: 0))",
-            "t.ron",
-        )
-        .unwrap();
-        let d = build_data(&exp).unwrap();
+        );
         assert_eq!(d.sv.len(), 110);
         assert!(d.sv[..10].iter().all(|s| s.kind.is_harmful()));
         assert!(d.sv[10..].iter().all(|s| s.kind == SampleKind::Benign));
