@@ -35,22 +35,28 @@ fn from_source(source: &Source, builtin: Vec<Sample>, what: &str) -> Result<Vec<
     }
 }
 
-/// The first `n` of `pool`, or an error naming the field when the pool is too small.
-fn take(pool: Vec<Sample>, n: usize, field: &str, origin: &str) -> Result<Vec<Sample>> {
+/// The first `n` samples of a stage's source: `builtin` (from the built-in split `split`) or the
+/// user's file. Errors name the source field (`<stage>.<data>`) or the count field
+/// (`<stage>.<count>`, when the source is too small).
+fn take(
+    source: &Source,
+    builtin: Vec<Sample>,
+    split: &str,
+    (stage, data, count): (&str, &str, &str),
+    n: usize,
+) -> Result<Vec<Sample>> {
+    let pool = from_source(source, builtin, &format!("{stage}.{data}"))?;
     if pool.len() < n {
+        let origin = match source {
+            Source::Builtin => format!("the built-in `{split}` split"),
+            Source::File { path, .. } => path.display().to_string(),
+        };
         bail!(
-            "{field} = {n}, but {origin} has only {} samples",
+            "{stage}.{count} = {n}, but {origin} has only {} samples",
             pool.len()
         );
     }
     Ok(pool.into_iter().take(n).collect())
-}
-
-fn origin(source: &Source, split: &str) -> String {
-    match source {
-        Source::Builtin => format!("the built-in `{split}` split"),
-        Source::File { path, .. } => path.display().to_string(),
-    }
 }
 
 /// The data of one run.
@@ -85,57 +91,41 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
     let (align_refusals, align_benign) = match &exp.align {
         Some(a) => (
             take(
-                from_source(
-                    &a.refusal_data,
-                    split(Split::Align, Some(SampleKind::HarmfulRefusal)),
-                    "align.refusal_data",
-                )?,
+                &a.refusal_data,
+                split(Split::Align, Some(SampleKind::HarmfulRefusal)),
+                "align",
+                ("align", "refusal_data", "refusals"),
                 a.refusals,
-                "align.refusals",
-                &origin(&a.refusal_data, "align"),
             )?,
             take(
-                from_source(
-                    &a.benign_data,
-                    split(Split::Align, Some(SampleKind::Benign)),
-                    "align.benign_data",
-                )?,
+                &a.benign_data,
+                split(Split::Align, Some(SampleKind::Benign)),
+                "align",
+                ("align", "benign_data", "benign"),
                 a.benign,
-                "align.benign",
-                &origin(&a.benign_data, "align"),
             )?,
         ),
         None => (Vec::new(), Vec::new()),
     };
     let sv_stage = &exp.security_vectors;
     let sv = take(
-        from_source(
-            &sv_stage.data,
-            split(Split::Sv, None),
-            "security_vectors.data",
-        )?,
+        &sv_stage.data,
+        split(Split::Sv, None),
+        "sv",
+        ("security_vectors", "data", "samples"),
         sv_stage.samples,
-        "security_vectors.samples",
-        &origin(&sv_stage.data, "sv"),
     )?;
     // Benign samples for the vectors: the end of the `align` split, so that they differ from the
     // alignment stage's (taken from its start) whenever the split holds both.
-    let sv_benign = {
-        let mut pool = from_source(
-            &sv_stage.benign_data,
-            split(Split::Align, Some(SampleKind::Benign)),
-            "security_vectors.benign_data",
-        )?;
-        if sv_stage.benign_data == Source::Builtin {
-            pool.reverse();
-        }
-        take(
-            pool,
-            sv_stage.benign,
-            "security_vectors.benign",
-            &origin(&sv_stage.benign_data, "align"),
-        )?
-    };
+    let mut align_benign_reversed = split(Split::Align, Some(SampleKind::Benign));
+    align_benign_reversed.reverse();
+    let sv_benign = take(
+        &sv_stage.benign_data,
+        align_benign_reversed,
+        "align",
+        ("security_vectors", "benign_data", "benign"),
+        sv_stage.benign,
+    )?;
     let n_sv_benign = sv_benign.len();
     let mut sv = sv;
     sv.extend(sv_benign);
@@ -143,14 +133,11 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
     let ft = &exp.finetune;
     let (n_harmful, n_skill) = ft.counts()?;
     let harmful = take(
-        from_source(
-            &ft.harmful_data,
-            split(Split::Attack, None),
-            "finetune.harmful_data",
-        )?,
+        &ft.harmful_data,
+        split(Split::Attack, None),
+        "attack",
+        ("finetune", "harmful_data", "harmful"),
         n_harmful,
-        "finetune.harmful",
-        &origin(&ft.harmful_data, "attack"),
     )?;
     // The skill: the chosen facts' training phrasings (cycled to the requested count), evaluated on
     // the same facts' held-out phrasings.
