@@ -8,6 +8,7 @@
 pub mod adapter;
 pub mod checkpoint;
 pub mod data;
+pub mod defence;
 pub mod error;
 pub mod eval;
 pub mod fsio;

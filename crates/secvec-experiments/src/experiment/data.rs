@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use secvec_core::data::{
     Corpus, DataFormat, Sample, SampleKind, Split, load_samples, mix_counts, records,
 };
+use secvec_core::defence::mix_in_safety_data;
 use secvec_core::train::TextPair;
 
 use super::record::sha256_hex;
@@ -180,6 +181,19 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
     let skill: Vec<Sample> = skill_pool.iter().cycle().take(n_skill).cloned().collect();
     let attack = mix_counts(&harmful, n_harmful, &skill, n_skill, exp.seed)
         .context("mixing the fine-tuning data")?;
+    // SafeInstr's refusal demonstrations: the end of the `align` split's refusals, so that they
+    // differ from the alignment stage's (taken from its start) whenever the split holds both.
+    let mut align_refusals_reversed = split(Split::Align, Some(SampleKind::HarmfulRefusal));
+    align_refusals_reversed.reverse();
+    let safety = take(
+        &ft.safety_data,
+        align_refusals_reversed,
+        "align",
+        ("finetune", "safety_data", "safety"),
+        ft.safety,
+    )?;
+    let attack = mix_in_safety_data(&attack, &safety, exp.seed)
+        .context("finetune.safety_data: mixing the safety demonstrations into the user's data")?;
 
     let ev = &exp.evaluate;
     let limit = |v: Vec<Sample>| -> Vec<Sample> {
@@ -229,6 +243,9 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
     ]);
     if n_sv_benign > 0 {
         counts.insert("security_vectors_benign".to_string(), n_sv_benign);
+    }
+    if !safety.is_empty() {
+        counts.insert("finetune_safety".to_string(), safety.len());
     }
     Ok(RunData {
         align_refusals,
@@ -324,6 +341,52 @@ mod tests {
                 .unwrap()
                 .contains("\"skill_task\":\"Records\"")
         );
+    }
+
+    #[test]
+    fn safety_demonstrations_are_refusals_mixed_into_the_attack_and_differ_from_alignment() {
+        let ron = "(align: Some((refusals: 100, benign: 10)), security_vectors: (samples: 10), finetune: (harmful: 50, skill: 50, safety: 40), evaluate: (samples: 0))";
+        let d = data_of(ron);
+        assert_eq!(d.attack.len(), 140);
+        let safety: Vec<&Sample> = d
+            .attack
+            .iter()
+            .filter(|s| s.kind == SampleKind::HarmfulRefusal)
+            .collect();
+        assert_eq!(safety.len(), 40);
+        let aligned: HashSet<&str> = d.align_refusals.iter().map(|s| s.id.as_str()).collect();
+        assert!(safety.iter().all(|s| !aligned.contains(s.id.as_str())));
+        // Spread through the data, not appended after it.
+        assert!(
+            d.attack[..70]
+                .iter()
+                .any(|s| s.kind == SampleKind::HarmfulRefusal)
+        );
+        assert_eq!(d.counts["finetune_safety"], 40);
+        // The attack's harmful and skill samples are those of the same file without the defence.
+        let plain = data_of(&ron.replace(", safety: 40", ""));
+        let without: Vec<&Sample> = d
+            .attack
+            .iter()
+            .filter(|s| s.kind != SampleKind::HarmfulRefusal)
+            .collect();
+        let mut a: Vec<&str> = without.iter().map(|s| s.id.as_str()).collect();
+        let mut b: Vec<&str> = plain.attack.iter().map(|s| s.id.as_str()).collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        assert!(!plain.counts.contains_key("finetune_safety"));
+        // Unset, the fields are not written (old configuration hashes stay valid).
+        let json = serde_json::to_value(parse_str("()", "t.ron").unwrap()).unwrap();
+        let ft = json["finetune"].as_object().unwrap();
+        assert!(
+            !ft.contains_key("safety") && !ft.contains_key("safety_data"),
+            "{ft:?}"
+        );
+        // More than the split holds: an error naming the field.
+        let too_many = parse_str(&ron.replace("safety: 40", "safety: 600"), "t.ron").unwrap();
+        let e = format!("{:#}", build_data(&too_many).err().unwrap());
+        assert!(e.contains("finetune.safety = 600"), "{e}");
     }
 
     #[test]

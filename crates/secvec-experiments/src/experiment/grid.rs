@@ -55,6 +55,15 @@ fn set_path(root: &mut Value, path: &str, value: Value) -> Result<()> {
             }
             _ => bail!("`{so_far}` is not a struct, so it has no field `{seg}`"),
         };
+        let last = i + 1 == segments.len();
+        if last && !obj.contains_key(*seg) {
+            // A field at its default may be left out of the serialised form (`skip_serializing_if`
+            // keeps configuration hashes stable when a field is added), so a missing last segment
+            // is inserted; the deserializer, which rejects unknown fields, then decides whether the
+            // struct has it (see `expand`).
+            obj.insert(seg.to_string(), value);
+            return Ok(());
+        }
         if !obj.contains_key(*seg) {
             let mut known: Vec<&str> = obj.keys().map(|k| k.as_str()).collect();
             known.sort();
@@ -69,7 +78,7 @@ fn set_path(root: &mut Value, path: &str, value: Value) -> Result<()> {
             );
         }
         let next = obj.get_mut(*seg).expect("checked above");
-        if i + 1 == segments.len() {
+        if last {
             *next = value;
             return Ok(());
         }
@@ -110,12 +119,26 @@ pub fn expand(exp: &Experiment) -> Result<Vec<RunSpec>> {
                 .with_context(|| format!("sweep field `{}`", axis.field))?;
             point.push((axis.short().to_string(), v));
         }
-        let mut experiment: Experiment = serde_json::from_value(json).with_context(|| {
-            format!(
-                "sweep point {}: a value has the wrong type for its field",
-                describe(&point)
-            )
-        })?;
+        let mut experiment: Experiment = match serde_json::from_value(json) {
+            Ok(e) => e,
+            Err(e) if e.to_string().starts_with("unknown field") => {
+                let axis = exp
+                    .sweep
+                    .iter()
+                    .find(|a| {
+                        let seg = a.field.rsplit('.').next().unwrap_or(&a.field);
+                        e.to_string().starts_with(&format!("unknown field `{seg}`"))
+                    })
+                    .map_or("?", |a| a.field.as_str());
+                bail!("sweep field `{axis}`: there is no such field ({e})");
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "sweep point {}: a value has the wrong type for its field",
+                    describe(&point)
+                )));
+            }
+        };
         experiment.sweep.clear();
         experiment
             .validate()
@@ -210,6 +233,21 @@ mod tests {
     }
 
     #[test]
+    fn fields_left_out_of_the_serialised_form_at_their_default_can_be_swept() {
+        // `security_vectors.benign` is not serialised while it is 0 (configuration hashes stay
+        // those of files written before it existed), yet it is a field and can be swept.
+        let exp = parse_str(
+            r#"(sweep: [(field: "security_vectors.benign", values: [0, 100])])"#,
+            "t.ron",
+        )
+        .unwrap();
+        let runs = expand(&exp).unwrap();
+        assert_eq!(runs[0].experiment.security_vectors.benign, 0);
+        assert_eq!(runs[1].experiment.security_vectors.benign, 100);
+        assert_eq!(runs[1].name, "benign=100");
+    }
+
+    #[test]
     fn unknown_paths_and_wrong_types_are_errors_naming_the_field() {
         let exp = parse_str(
             r#"(sweep: [(field: "finetune.learning_rate", values: [1e-4])])"#,
@@ -218,7 +256,18 @@ mod tests {
         .unwrap();
         let e = format!("{:#}", expand(&exp).unwrap_err());
         assert!(e.contains("finetune.learning_rate"), "{e}");
-        assert!(e.contains("no field `learning_rate`"), "{e}");
+        assert!(e.contains("no such field"), "{e}");
+        // The error lists the fields the stage does have.
+        assert!(e.contains("`epochs`"), "{e}");
+
+        // An unknown field in the middle of the path.
+        let exp = parse_str(
+            r#"(sweep: [(field: "finetuning.lr", values: [1e-4])])"#,
+            "t.ron",
+        )
+        .unwrap();
+        let e = format!("{:#}", expand(&exp).unwrap_err());
+        assert!(e.contains("no field `finetuning`"), "{e}");
 
         let exp = parse_str(
             r#"(sweep: [(field: "finetune.epochs", values: ["three"])])"#,

@@ -275,6 +275,15 @@ pub struct FinetuneStage {
     pub total: Option<usize>,
     /// The harmful fraction `p` of `total`.
     pub ratio: Option<f64>,
+    /// SafeInstr, a baseline defence (`secvec_core::defence::safe_instr`; Bianchi et al., ICLR
+    /// 2024): this many refusal demonstrations (harmful request → refusal) shuffled into the
+    /// user's data by the defender (0: none). From the end of the built-in `align` split (the
+    /// alignment stage takes from its start) or `safety_data`. With `arms: [Off]` it is the
+    /// defence alone; with `Active`, combined with the vectors.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub safety: usize,
+    #[serde(skip_serializing_if = "Source::is_builtin")]
+    pub safety_data: Source,
     pub mode: Mode,
     /// Learning rate (`None`: 2e-4 for a task LoRA, 2e-5 for full fine-tuning).
     pub lr: Option<f64>,
@@ -296,6 +305,8 @@ impl Default for FinetuneStage {
             skill_data: Source::Builtin,
             total: None,
             ratio: None,
+            safety: 0,
+            safety_data: Source::Builtin,
             mode: Mode::Lora {
                 rank: default_task_rank(),
                 alpha: default_task_alpha(),

@@ -1,0 +1,13 @@
+//! Defences against harmful fine-tuning other than security vectors, to be compared with them
+//! under one threat model: the defender aligns the model and controls how it is fine-tuned; the
+//! user supplies the fine-tuning data, of which some share is harmful (the protocol of Vaccine,
+//! Lisa and Booster: n samples, a harmful fraction p; harmful rate and fine-tune accuracy).
+//!
+//! - [`safe_instr`]: refusal demonstrations mixed into the user's data (SafeInstr).
+//!
+//! Security vectors themselves live in [`crate::train::phases`] (made in phase 1, active and
+//! frozen during the fine-tuning of phase 2).
+
+pub mod safe_instr;
+
+pub use safe_instr::mix_in_safety_data;
