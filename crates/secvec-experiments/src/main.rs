@@ -6,6 +6,7 @@ mod bench_suite;
 mod check;
 mod evaluate;
 mod experiment;
+mod fuzz;
 mod generate;
 mod model_args;
 mod pipeline;
@@ -14,6 +15,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use backend::dispatch;
+
+/// The system allocator, measured while the fuzz harness runs a reader (`fuzz::alloc`).
+#[global_allocator]
+static GLOBAL: fuzz::alloc::Tracking = fuzz::alloc::Tracking;
 use generate::GenerateArgs;
 
 #[derive(Parser, Debug)]
@@ -46,6 +51,9 @@ enum Command {
     /// Correctness on a backend (for GPU machines without `cargo test`): tiny checkpoints vs
     /// transformers, a SmolLM2-shaped model vs the CPU, a short security-vector training vs the CPU.
     Check(check::CheckArgs),
+    /// Mutation fuzzing of every reader of untrusted files (GGUF, safetensors, configs,
+    /// experiment files, data sets): panics and unbounded memory → results/reliability/fuzz.json.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// Lets `secvec-experiments ... | head` end quietly when the reader closes the pipe, as other
@@ -81,5 +89,6 @@ fn main() -> Result<()> {
         Command::Run(args) => experiment::run(args),
         Command::BenchSuite(args) => bench_suite::run(args),
         Command::Check(args) => check::run(args),
+        Command::Fuzz(args) => args.run(),
     }
 }

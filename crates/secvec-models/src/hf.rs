@@ -49,6 +49,21 @@ impl SafetensorsSource {
             let mut shards: Vec<String> = index.weight_map.values().cloned().collect();
             shards.sort();
             shards.dedup();
+            // Shards are files beside the index: a name that leaves the folder (`../x`, `/etc/x`)
+            // would make a downloaded index read any file the user can.
+            if let Some(bad) = shards.iter().find(|s| {
+                let p = Path::new(s.as_str());
+                p.components().count() != 1
+                    || !matches!(p.components().next(), Some(std::path::Component::Normal(_)))
+            }) {
+                return Err(ModelError::Safetensors {
+                    path: index_path,
+                    cause: format!(
+                        "weight_map names the shard `{bad}`, which is not a file name in the \
+                         model's folder"
+                    ),
+                });
+            }
             shards.into_iter().map(|s| dir.join(s)).collect()
         } else {
             return Err(ModelError::MissingTensor {

@@ -246,3 +246,21 @@ fn failed_fetch_tells_how_to_place_the_file_by_hand() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot run"), "{err}");
 }
+
+#[test]
+fn a_shard_index_that_leaves_the_model_folder_is_refused() {
+    use secvec_models::hf::SafetensorsSource;
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("secret.safetensors");
+    std::fs::write(&outside, b"not read").unwrap();
+    let dir = tmp.path().join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    for shard in ["../secret.safetensors", outside.to_str().unwrap(), ".."] {
+        let index = serde_json::json!({"weight_map": {"model.norm.weight": shard}});
+        let path = dir.join("model.safetensors.index.json");
+        std::fs::write(&path, index.to_string()).unwrap();
+        let err = SafetensorsSource::open_dir(&dir).err().unwrap();
+        assert_names(&err, &path);
+        assert!(err.to_string().contains("not a file name"), "{err}");
+    }
+}

@@ -38,6 +38,7 @@
 mod dequant;
 mod reader;
 pub mod tokenizer;
+pub mod writer;
 
 #[cfg(test)]
 mod tests;
