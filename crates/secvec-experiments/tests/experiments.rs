@@ -502,3 +502,107 @@ fn a_closed_output_pipe_ends_the_listing_without_a_panic() {
     assert!(!err.contains("panicked"), "{err}");
     let _ = std::fs::remove_dir_all(&results);
 }
+
+/// `summary.csv` without the columns that measure time.
+fn summary_without_timings(exp_dir: &Path) -> Vec<Vec<String>> {
+    let csv = std::fs::read_to_string(exp_dir.join("summary.csv")).unwrap();
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    let keep: Vec<usize> = rows[0]
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| !h.contains("second"))
+        .map(|(i, _)| i)
+        .collect();
+    rows.iter()
+        .map(|r| keep.iter().map(|&i| r[i].clone()).collect())
+        .collect()
+}
+
+#[test]
+fn two_shards_in_two_processes_give_the_summary_of_one_process() {
+    let (dir, file) = setup("shards", 8);
+    let command = |results: &str, cache: &str, extra: &[&str]| {
+        let mut cmd = Command::new(bin());
+        cmd.arg(&file)
+            .args(["--results", dir.join(results).to_str().unwrap()])
+            .args(extra)
+            .env("SECVEC_CACHE_DIR", dir.join(cache))
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let one = command("one", "cache-one", &[]).output().unwrap();
+    assert!(one.status.success(), "{}", stderr(&one));
+
+    // Two shards at once on one results folder and one stage cache (both need the alignment).
+    let shards: Vec<_> = ["0/2", "1/2"]
+        .iter()
+        .map(|s| {
+            command("two", "cache-two", &["--shard", s])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut logs = Vec::new();
+    for child in shards {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        logs.push(stderr(&out));
+    }
+    assert!(
+        logs[0].contains("shard 0/2: 2 of the 4 runs"),
+        "{}",
+        logs[0]
+    );
+    // Round robin over the sweep's order: shard 1 has the second and fourth runs.
+    assert!(
+        logs[1].contains(&format!("({}, {})", RUNS[1], RUNS[3])),
+        "{}",
+        logs[1]
+    );
+    for (k, log) in logs.iter().enumerate() {
+        let mine = if k == 0 {
+            [RUNS[0], RUNS[2]]
+        } else {
+            [RUNS[1], RUNS[3]]
+        };
+        for r in RUNS {
+            assert_eq!(
+                log.contains(&format!("] {r} — running")),
+                mine.contains(&r),
+                "shard {k}: {log}"
+            );
+        }
+    }
+    let summarize = command("two", "cache-two", &["--summarize"])
+        .output()
+        .unwrap();
+    assert!(summarize.status.success(), "{}", stderr(&summarize));
+
+    let (a, b) = (dir.join("one/tiny"), dir.join("two/tiny"));
+    assert_eq!(summary_without_timings(&a), summary_without_timings(&b));
+    let md = std::fs::read_to_string(b.join("summary.md")).unwrap();
+    assert!(md.contains("runs finished: 4/4"), "{md}");
+    for r in RUNS {
+        let answers = |root: &Path| {
+            std::fs::read(
+                root.join("runs")
+                    .join(r)
+                    .join("generations-attacked-off.jsonl"),
+            )
+            .unwrap()
+        };
+        assert_eq!(answers(&a), answers(&b), "{r}");
+    }
+    // A shard that does not exist is refused before anything runs.
+    let bad = command("three", "cache-two", &["--shard", "2/2"])
+        .output()
+        .unwrap();
+    assert_fails_with(&bad, "does not exist");
+    let _ = std::fs::remove_dir_all(&dir);
+}

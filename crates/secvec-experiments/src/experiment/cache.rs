@@ -75,11 +75,24 @@ pub fn cached_adapter<B: AutodiffBackend>(
     write_json(&tmp.join("key.json"), key)?;
     write_json(&tmp.join("training.json"), &summary)?;
     write_json(&tmp.join("steps.json"), &report.steps)?;
-    if dir.exists() {
+    if dir.exists() && fresh {
         // A `--fresh` retrain replaces the old entry.
         std::fs::remove_dir_all(&dir).ok();
     }
-    std::fs::rename(&tmp, &dir)
-        .with_context(|| format!("moving {} to {}", tmp.display(), dir.display()))?;
+    // Another process (a shard of the same sweep) may have trained the same stage meanwhile: the
+    // first complete entry wins and is never removed under a reader; ours is dropped (both were
+    // trained from the same key, so either serves).
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        if dir.join("training.json").is_file() {
+            std::fs::remove_dir_all(&tmp).ok();
+            eprintln!(
+                "  [{stage}] {} was written by another process meanwhile; keeping it",
+                dir.display()
+            );
+        } else {
+            return Err(e)
+                .with_context(|| format!("moving {} to {}", tmp.display(), dir.display()));
+        }
+    }
     Ok((model, summary, hash))
 }

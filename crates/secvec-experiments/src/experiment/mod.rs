@@ -50,6 +50,83 @@ pub struct RunArgs {
     /// Retrain the aligned model and the security vectors even if the stage cache has them.
     #[arg(long)]
     pub fresh: bool,
+    /// Run only shard I of N (0-based): the runs at positions I, I+N, I+2N, ... of the sweep, so
+    /// that N processes — a Slurm job array, machines sharing the results folder — split it.
+    /// Defaults to `SLURM_ARRAY_TASK_ID`/`SLURM_ARRAY_TASK_COUNT` when Slurm sets them.
+    #[arg(long, value_name = "I/N", conflicts_with = "only")]
+    pub shard: Option<Shard>,
+    /// Run nothing: write the tables and plots over every finished run and check the
+    /// expectations (after the shards of a sweep have finished).
+    #[arg(long, conflicts_with_all = ["only", "shard", "dry_run"])]
+    pub summarize: bool,
+}
+
+/// One of N shards of a sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}`: expected I/N, e.g. 0/4"))?;
+        let index: usize = i
+            .trim()
+            .parse()
+            .map_err(|e| format!("`{s}`: shard index `{i}`: {e}"))?;
+        let count: usize = n
+            .trim()
+            .parse()
+            .map_err(|e| format!("`{s}`: shard count `{n}`: {e}"))?;
+        Shard::new(index, count).map_err(|e| format!("`{s}`: {e}"))
+    }
+}
+
+impl Shard {
+    pub fn new(index: usize, count: usize) -> Result<Self, String> {
+        if count == 0 || index >= count {
+            return Err(format!(
+                "shard {index} of {count} does not exist (0 ≤ I < N)"
+            ));
+        }
+        Ok(Self { index, count })
+    }
+
+    /// The shard a Slurm job array task is (`SLURM_ARRAY_TASK_ID` counted from
+    /// `SLURM_ARRAY_TASK_MIN`, of `SLURM_ARRAY_TASK_COUNT`), if Slurm set the variables.
+    pub fn from_slurm(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
+        let (Some(id), Some(count)) = (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT"))
+        else {
+            return Ok(None);
+        };
+        let num = |name: &str, v: &str| -> Result<usize> {
+            v.trim()
+                .parse()
+                .with_context(|| format!("{name}={v} is not a number"))
+        };
+        let id = num("SLURM_ARRAY_TASK_ID", &id)?;
+        let count = num("SLURM_ARRAY_TASK_COUNT", &count)?;
+        let min = match var("SLURM_ARRAY_TASK_MIN") {
+            Some(m) => num("SLURM_ARRAY_TASK_MIN", &m)?,
+            None => 0,
+        };
+        let index = id.checked_sub(min).ok_or_else(|| {
+            anyhow::anyhow!("SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}")
+        })?;
+        Shard::new(index, count)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("from Slurm's job array variables: {e}"))
+    }
+
+    /// Whether the run at `position` of the sweep is this shard's.
+    pub fn owns(&self, position: usize) -> bool {
+        position % self.count == self.index
+    }
 }
 
 /// One bound on the difference of a metric between the two arms: `first − second` must be at
@@ -233,6 +310,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let shard = match args.shard {
+        Some(s) => Some(s),
+        None if !args.summarize && args.only.is_none() => {
+            Shard::from_slurm(|k| std::env::var(k).ok())?
+        }
+        None => None,
+    };
     let selected: Vec<_> = match &args.only {
         Some(name) => {
             let r: Vec<_> = runs.iter().filter(|r| &r.name == name).cloned().collect();
@@ -248,7 +332,30 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
             r
         }
-        None => runs.clone(),
+        None if args.summarize => Vec::new(),
+        None => match shard {
+            Some(sh) => {
+                let mine: Vec<_> = runs
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| sh.owns(*i))
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                eprintln!(
+                    "shard {}/{}: {} of the {} runs ({})",
+                    sh.index,
+                    sh.count,
+                    mine.len(),
+                    runs.len(),
+                    mine.iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                mine
+            }
+            None => runs.clone(),
+        },
     };
     execute(
         &exp,
@@ -333,6 +440,61 @@ mod tests {
     use record::StageRecord;
     use secvec_core::eval::stats::Rate;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn shards_split_a_sweep_round_robin_and_bad_ones_are_named() {
+        let sh: Shard = "1/3".parse().unwrap();
+        let mine: Vec<usize> = (0..8).filter(|&i| sh.owns(i)).collect();
+        assert_eq!(mine, [1, 4, 7]);
+        // Every run is in exactly one shard.
+        for i in 0..20 {
+            let owners = (0..3)
+                .filter(|&k| Shard::new(k, 3).unwrap().owns(i))
+                .count();
+            assert_eq!(owners, 1);
+        }
+        for (bad, why) in [
+            ("3/3", "does not exist"),
+            ("0/0", "does not exist"),
+            ("1", "expected I/N"),
+            ("a/2", "shard index `a`"),
+        ] {
+            let e = bad.parse::<Shard>().unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_slurm_array_task_is_a_shard_counted_from_the_arrays_first_id() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(Shard::from_slurm(env(&[])).unwrap(), None);
+        let s = Shard::from_slurm(env(&[
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ]))
+        .unwrap();
+        assert_eq!(s, Some(Shard::new(2, 4).unwrap()));
+        // `--array=1-4`: ids 1..4 are shards 0..3.
+        let s = Shard::from_slurm(env(&[
+            ("SLURM_ARRAY_TASK_ID", "4"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(s, Some(Shard::new(3, 4).unwrap()));
+        let e = Shard::from_slurm(env(&[
+            ("SLURM_ARRAY_TASK_ID", "x"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ]))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("SLURM_ARRAY_TASK_ID=x"), "{e:#}");
+    }
 
     fn run_with(off: usize, on: usize) -> RunMetrics {
         let stage = |arm: Arm, k: usize| StageRecord {
