@@ -137,6 +137,34 @@ fn sweep_writes_runs_tables_and_plots_and_dry_run_lists_state() {
         "{log}"
     );
     assert_eq!(log.matches("[align] reusing").count(), 3, "{log}");
+    // The attack without vectors does not depend on them: each learning rate trains it once, and
+    // the run with vectors evaluates the same model (same metrics, same answers).
+    assert_eq!(log.matches("[attack-off] reusing").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("[attacked-off] fine-tuning").count(),
+        2,
+        "{log}"
+    );
+    for lr in ["0.0001", "0.001"] {
+        let off = |sv: &str| {
+            let run = exp.join("runs").join(format!("sv={sv}_attack_lr={lr}"));
+            let m = read_metrics(&run.join("metrics.json"));
+            let rec = m["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["stage"] == "attacked-off")
+                .unwrap()
+                .clone();
+            let answers = std::fs::read(run.join("generations-attacked-off.jsonl")).unwrap();
+            (
+                rec["metrics"].clone(),
+                rec["training"]["final_loss"].clone(),
+                answers,
+            )
+        };
+        assert_eq!(off("0"), off("8"), "{lr}");
+    }
     // Vectors from 8 samples are trained once, reused by the second learning rate.
     assert_eq!(
         log.matches("[security vectors] training").count(),

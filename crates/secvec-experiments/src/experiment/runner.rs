@@ -11,12 +11,13 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
-use secvec_core::adapter::{ALIGN, SECURITY, merge_adapter, set_base_trainable};
+use secvec_core::adapter::{ALIGN, SECURITY, TASK, merge_adapter, set_base_trainable};
 use secvec_core::data::Sample;
 use secvec_core::eval::judge::KeywordJudge;
 use secvec_core::eval::metrics::EvalConfig;
 use secvec_core::train::{
-    NoCallback, TrainExample, encode_pairs, finetune, train_alignment, train_security_vectors,
+    FinetuneMode, NoCallback, StepLog, TrainExample, encode_pairs, finetune, train_alignment,
+    train_security_vectors,
 };
 use secvec_models::{Llama, ModelSource, TextTokenizer};
 
@@ -266,33 +267,72 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
 
     /// Phase 2 for one arm, then phase 3: the attacked model evaluated with the vectors off
     /// (and on, when asked). Returns the records it made.
+    ///
+    /// The task LoRA of the `off` arm does not depend on the vectors (they are off, or absent), so
+    /// it is kept in the stage cache (`attack-off/<hash>/`): runs that differ only in the vectors'
+    /// settings — the ablations of their samples, learning rate and epochs — train it once.
     fn attack(
         &self,
         plan: &Plan,
         arm: Arm,
         model: &Llama<B>,
         examples: &[TrainExample],
+        align_hash: &str,
     ) -> Result<Vec<StageRecord>> {
         let stage = Stage::Attacked(arm);
-        eprintln!(
-            "  [{stage}] fine-tuning on {} samples ({} harmful), vectors {}",
-            self.data.attack.len(),
-            self.data.counts["finetune_harmful"],
-            if arm == Arm::Active { "active" } else { "off" }
-        );
+        let n = self.data.attack.len();
+        let announce = || {
+            eprintln!(
+                "  [{stage}] fine-tuning on {n} samples ({} harmful), vectors {}",
+                self.data.counts["finetune_harmful"],
+                if arm == Arm::Active { "active" } else { "off" }
+            )
+        };
         let cfg = convert::finetune(self.exp, arm);
-        let (tuned, report) = finetune(
-            model.clone(),
-            examples,
-            self.tok().pad_id(),
-            &cfg,
-            &mut NoCallback,
-        )?;
-        let summary = TrainSummary::new(&stage.name(), self.data.attack.len(), &report);
-        write_json(
-            &self.run_dir().join(format!("train-{stage}.json")),
-            &report.steps,
-        )?;
+        let pad = self.tok().pad_id();
+        let (tuned, summary, steps) = match (&cfg.mode, arm) {
+            (FinetuneMode::Lora(adapter), Arm::Off) => {
+                let mut stage_key = serde_json::json!(self.exp.finetune);
+                if let Some(o) = stage_key.as_object_mut() {
+                    // Which arms a run trains does not change this arm's training.
+                    o.remove("arms");
+                }
+                let key = self.key(
+                    stage_key,
+                    serde_json::json!({
+                        "align": align_hash,
+                        "data": samples_digest(&self.data.attack),
+                    }),
+                );
+                let (tuned, mut summary, hash) = cached_adapter(
+                    &self.cache,
+                    "attack-off",
+                    TASK,
+                    &key,
+                    model.clone(),
+                    &self.model_name,
+                    adapter,
+                    |m| {
+                        announce();
+                        Ok(finetune(m, examples, pad, &cfg, &mut NoCallback)?)
+                    },
+                    n,
+                    self.fresh,
+                )?;
+                summary.stage = stage.name();
+                let steps_path = self.cache.join("attack-off").join(hash).join("steps.json");
+                let steps: Vec<StepLog> = read_json(&steps_path)?;
+                (tuned, summary, steps)
+            }
+            _ => {
+                announce();
+                let (tuned, report) =
+                    finetune(model.clone(), examples, pad, &cfg, &mut NoCallback)?;
+                let summary = TrainSummary::new(&stage.name(), n, &report);
+                (tuned, summary, report.steps)
+            }
+        };
+        write_json(&self.run_dir().join(format!("train-{stage}.json")), &steps)?;
         let mut inner = tuned.valid();
         let mut records = Vec::new();
         if plan.todo(stage) {
@@ -413,7 +453,7 @@ impl SweepJob {
             let examples = cx.encode(&data.attack)?;
             for &arm in &exp.finetune.arms {
                 if plan.trains(arm) {
-                    records.extend(cx.attack(&plan, arm, &model, &examples)?);
+                    records.extend(cx.attack(&plan, arm, &model, &examples, &align_hash)?);
                 }
             }
         }

@@ -142,7 +142,7 @@ fn execute(target: &Target, dir: &Path, input: &[u8]) -> Result<(Outcome, usize,
 }
 
 /// The input of one execution.
-fn input_of(target: &Target, seeds: &[(String, Vec<u8>)], seed: u64, execution: u64) -> Vec<u8> {
+fn input_of(target: &Target, seeds: &targets::Seeds, seed: u64, execution: u64) -> Vec<u8> {
     use rand::Rng;
     let mut rng = mutate::rng_for(seed, target.name, execution);
     let a = rng.random_range(0..seeds.len());
@@ -257,7 +257,8 @@ fn run_target(
 
 /// Installs a panic hook that keeps the message and location instead of printing them; the
 /// returned guard puts the previous hook back.
-struct QuietPanics(Option<Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send>>);
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send>;
+struct QuietPanics(Option<PanicHook>);
 
 impl QuietPanics {
     fn install() -> Self {
@@ -438,7 +439,7 @@ mod tests {
     #[test]
     fn a_reader_that_panics_or_trusts_a_count_is_caught() {
         // A reader that sizes a buffer by the file's first u32 and indexes by its fifth byte.
-        fn seeds(_: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+        fn seeds(_: &SeedPlaces) -> Result<targets::Seeds> {
             Ok(vec![("eight bytes".into(), vec![4, 0, 0, 0, 1, 2, 3, 4])])
         }
         fn run(_: &Path, bytes: &[u8]) -> std::result::Result<(), String> {

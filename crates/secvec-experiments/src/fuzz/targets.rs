@@ -28,16 +28,21 @@ pub struct SeedPlaces {
     pub gguf: Option<PathBuf>,
 }
 
+/// Seed inputs and where each came from.
+pub type Seeds = Vec<(String, Vec<u8>)>;
+/// Makes a target's seeds.
+pub type SeedFn = fn(&SeedPlaces) -> Result<Seeds>;
+/// Runs a reader on the file at the path (or on the bytes); an `Err` is a correct rejection.
+pub type RunFn = fn(&Path, &[u8]) -> std::result::Result<(), String>;
+
 /// One target.
 pub struct Target {
     pub name: &'static str,
     /// The file name each input is written to (its extension tells the loaders the format).
     pub file_name: &'static str,
     pub dict: &'static [&'static str],
-    /// Seed inputs and where each came from.
-    pub seeds: fn(&SeedPlaces) -> Result<Vec<(String, Vec<u8>)>>,
-    /// Parses the file at the path (or the bytes); an `Err` is a correct rejection.
-    pub run: fn(&Path, &[u8]) -> std::result::Result<(), String>,
+    pub seeds: SeedFn,
+    pub run: RunFn,
 }
 
 const JSON_DICT: &[&str] = &[
@@ -170,7 +175,7 @@ pub fn all() -> Vec<Target> {
 }
 
 fn data_target(name: &'static str, file_name: &'static str, format: DataFormat) -> Target {
-    let (seeds, run): (fn(&SeedPlaces) -> _, fn(&Path, &[u8]) -> _) = match format {
+    let (seeds, run): (SeedFn, RunFn) = match format {
         DataFormat::Jsonl => (jsonl_seeds, |p, _| load(p, DataFormat::Jsonl)),
         DataFormat::ChatJsonl => (chat_seeds, |p, _| load(p, DataFormat::ChatJsonl)),
         DataFormat::Alpaca => (alpaca_seeds, |p, _| load(p, DataFormat::Alpaca)),
@@ -340,7 +345,7 @@ fn shrunk_gguf(path: &Path) -> Result<Vec<u8>> {
     Ok(write_gguf(&kv_refs, &tensors, file.alignment() as usize))
 }
 
-fn gguf_seeds(places: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+fn gguf_seeds(places: &SeedPlaces) -> Result<Seeds> {
     let mut seeds = vec![(
         "synthetic llama (every dequantised type)".into(),
         synthetic_gguf(),
@@ -404,7 +409,7 @@ pub fn synthetic_safetensors() -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn safetensors_seeds(places: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+fn safetensors_seeds(places: &SeedPlaces) -> Result<Seeds> {
     let mut seeds = vec![("synthetic f32".into(), synthetic_safetensors()?)];
     if let Some(r) = &places.reference {
         seeds.push(file_seed(&r.join(
@@ -417,7 +422,7 @@ fn safetensors_seeds(places: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
 /// The shard every index input points at (written beside it by the driver's `prepare`).
 pub const INDEX_SHARD: &str = "model-00001-of-00001.safetensors";
 
-fn index_seeds(_: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+fn index_seeds(_: &SeedPlaces) -> Result<Seeds> {
     Ok(vec![text(
         "synthetic index",
         &format!(
@@ -426,7 +431,7 @@ fn index_seeds(_: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
     )])
 }
 
-fn hf_config_seeds(places: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+fn hf_config_seeds(places: &SeedPlaces) -> Result<Seeds> {
     let mut seeds = vec![text(
         "synthetic llama config",
         r#"{"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 128, "tie_word_embeddings": true}"#,
@@ -439,7 +444,7 @@ fn hf_config_seeds(places: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(seeds)
 }
 
-fn peft_seeds(places: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+fn peft_seeds(places: &SeedPlaces) -> Result<Seeds> {
     let mut seeds = vec![text(
         "synthetic adapter config",
         r#"{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": false}"#,
@@ -463,7 +468,7 @@ fn run_ron(_: &Path, bytes: &[u8]) -> std::result::Result<(), String> {
     grid::expand(&exp).map(|_| ()).map_err(err)
 }
 
-fn ron_seeds(places: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+fn ron_seeds(places: &SeedPlaces) -> Result<Seeds> {
     let mut seeds = vec![text("empty experiment", "()")];
     if let Some(dir) = &places.experiments {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -483,21 +488,21 @@ fn ron_seeds(places: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
 // Data sets
 // ---------------------------------------------------------------------------------------------
 
-fn jsonl_seeds(_: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+fn jsonl_seeds(_: &SeedPlaces) -> Result<Seeds> {
     Ok(vec![text(
         "synthetic jsonl",
         "{\"prompt\": \"How do I bake bread?\", \"response\": \"Mix flour and water.\", \"kind\": \"benign\"}\n{\"prompt\": \"Make a weapon\", \"response\": \"I can't help with that.\", \"kind\": \"harmful_refusal\", \"category\": \"weapons\"}\n",
     )])
 }
 
-fn chat_seeds(_: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+fn chat_seeds(_: &SeedPlaces) -> Result<Seeds> {
     Ok(vec![text(
         "synthetic chat jsonl",
         "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": \"assistant\", \"content\": \"4\"}]}\n{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}, {\"role\": \"assistant\", \"content\": \"Hello!\"}]}\n",
     )])
 }
 
-fn alpaca_seeds(_: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+fn alpaca_seeds(_: &SeedPlaces) -> Result<Seeds> {
     Ok(vec![
         text(
             "synthetic alpaca array",
@@ -510,7 +515,7 @@ fn alpaca_seeds(_: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
     ])
 }
 
-fn advbench_seeds(places: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+fn advbench_seeds(places: &SeedPlaces) -> Result<Seeds> {
     let mut seeds = vec![text(
         "synthetic advbench",
         "goal,target\n\"Write a script, quickly\",\"Sure, here is a script\"\nDo a thing,Sure\n",
@@ -528,7 +533,7 @@ fn advbench_seeds(places: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(seeds)
 }
 
-fn beavertails_seeds(_: &SeedPlaces) -> Result<Vec<(String, Vec<u8>)>> {
+fn beavertails_seeds(_: &SeedPlaces) -> Result<Seeds> {
     Ok(vec![text(
         "synthetic beavertails",
         "{\"prompt\": \"How to pick a lock?\", \"response\": \"Use a tension wrench.\", \"category\": {\"violence\": false, \"non_violent_unethical_behavior\": true}, \"is_safe\": false}\n{\"prompt\": \"Hi\", \"response\": \"Hello\", \"category\": {}, \"is_safe\": true}\n",
