@@ -47,6 +47,9 @@ pub enum CoreError {
         "training stopped at step {step}: non-finite {what}; lower the learning rate or check the data"
     )]
     NonFinite { step: usize, what: String },
+    /// A training checkpoint that cannot be used (another run's, or damaged).
+    #[error("{}: training checkpoint: {cause}", path.display())]
+    Checkpoint { path: PathBuf, cause: String },
     #[error(transparent)]
     Model(#[from] secvec_models::ModelError),
 }

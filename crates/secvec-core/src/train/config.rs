@@ -47,6 +47,11 @@ pub struct TrainConfig {
     /// Dynamic loss scaling, used only when the model computes in f16 (see
     /// [`secvec_models::Precision`]); bf16 and f32 need none.
     pub loss_scale: LossScaleConfig,
+    /// Save the training state every few steps and resume from it (see
+    /// [`super::resume`]). Not serialised: where a run keeps its state is not a
+    /// hyper-parameter.
+    #[serde(skip)]
+    pub checkpoint: Option<super::resume::Checkpointing>,
 }
 
 /// Dynamic loss scaling for f16 training, with PyTorch `GradScaler`'s defaults: the loss is
@@ -93,6 +98,7 @@ impl Default for TrainConfig {
             eval_every: None,
             progress: true,
             loss_scale: LossScaleConfig::default(),
+            checkpoint: None,
         }
     }
 }

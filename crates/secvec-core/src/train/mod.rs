@@ -12,6 +12,7 @@ pub mod config;
 pub mod loss;
 pub mod optim;
 pub mod phases;
+pub mod resume;
 pub mod trainer;
 
 pub use batch::{TextPair, TrainExample, encode_pairs};
@@ -21,4 +22,5 @@ pub use phases::{
     AlignConfig, FinetuneConfig, FinetuneMode, SecurityVectorConfig, SecurityVectors, finetune,
     set_security_vectors, train_alignment, train_security_vectors,
 };
+pub use resume::Checkpointing;
 pub use trainer::{NoCallback, StepLog, TrainCallback, TrainReport, train};

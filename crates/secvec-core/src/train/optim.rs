@@ -127,3 +127,125 @@ pub fn global_grad_norm<B: AutodiffBackend>(model: &Llama<B>, grads: &GradientsP
     model.visit(&mut v);
     v.sum.sqrt()
 }
+
+type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+fn host<B: burn::tensor::backend::Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
+    t.clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 after convert")
+}
+
+/// The moments of the trainable parameters, keyed by position among them (`m.<i>`, `v.<i>`).
+struct ExportMoments<'a> {
+    moments: &'a HashMap<ParamId, Box<dyn Any + Send>>,
+    out: Named,
+    index: usize,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ExportMoments<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !param.val().is_require_grad() {
+            return;
+        }
+        let i = self.index;
+        self.index += 1;
+        if let Some((m, v)) = self
+            .moments
+            .get(&param.id)
+            .and_then(|b| b.downcast_ref::<Moments<B, D>>())
+        {
+            self.out
+                .push((format!("m.{i}"), m.dims().to_vec(), host(m)));
+            self.out
+                .push((format!("v.{i}"), v.dims().to_vec(), host(v)));
+        }
+    }
+}
+
+struct ImportMoments<'a> {
+    tensors: &'a HashMap<String, (Vec<f32>, Vec<usize>)>,
+    moments: HashMap<ParamId, Box<dyn Any + Send>>,
+    index: usize,
+    problem: Option<String>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ImportMoments<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let p = param.val();
+        if !p.is_require_grad() {
+            return;
+        }
+        let i = self.index;
+        self.index += 1;
+        let (Some(m), Some(v)) = (
+            self.tensors.get(&format!("m.{i}")),
+            self.tensors.get(&format!("v.{i}")),
+        ) else {
+            return;
+        };
+        let inner = p.inner();
+        let dims = inner.dims();
+        let make = |(values, shape): &(Vec<f32>, Vec<usize>)| {
+            (shape.as_slice() == dims.as_slice()).then(|| {
+                Tensor::<B::InnerBackend, D>::from_data(
+                    burn::tensor::TensorData::new(values.clone(), dims),
+                    &inner.device(),
+                )
+                .cast(inner.dtype())
+            })
+        };
+        match (make(m), make(v)) {
+            (Some(m), Some(v)) => {
+                let moments: Moments<B, D> = (m, v);
+                self.moments.insert(param.id, Box::new(moments));
+            }
+            _ => {
+                self.problem
+                    .get_or_insert_with(|| format!("the moments `m.{i}`/`v.{i}` have another shape than the parameter's {dims:?}"));
+            }
+        }
+    }
+}
+
+impl AdamW {
+    /// The moments of the trainable parameters of `model` (for a training checkpoint).
+    pub(crate) fn export_moments<B: AutodiffBackend>(&self, model: &Llama<B>) -> Named {
+        let mut v = ExportMoments {
+            moments: &self.moments,
+            out: Vec::new(),
+            index: 0,
+        };
+        model.visit(&mut v);
+        v.out
+    }
+
+    /// Steps taken.
+    pub(crate) fn steps_taken(&self) -> i32 {
+        self.step
+    }
+
+    /// Restores the moments of `export_moments` and the step count.
+    pub(crate) fn import_moments<B: AutodiffBackend>(
+        &mut self,
+        model: &Llama<B>,
+        step: i32,
+        tensors: &HashMap<String, (Vec<f32>, Vec<usize>)>,
+    ) -> Result<(), String> {
+        let mut v = ImportMoments {
+            tensors,
+            moments: HashMap::new(),
+            index: 0,
+            problem: None,
+        };
+        model.visit(&mut v);
+        if let Some(p) = v.problem {
+            return Err(p);
+        }
+        self.moments = v.moments;
+        self.step = step;
+        Ok(())
+    }
+}

@@ -17,6 +17,7 @@ use super::batch::{TrainExample, make_batch};
 use super::config::{LossScaleConfig, TrainConfig};
 use super::loss::response_nll_sum;
 use super::optim::{AdamW, global_grad_norm};
+use super::resume::{self, TrainState};
 use crate::error::{CoreError, Result};
 
 /// What one optimizer step did.
@@ -201,9 +202,33 @@ pub fn train<B: AutodiffBackend>(
         epoch += 1;
     }
 
+    // A saved state of this very run (same configuration, steps and examples): continue after
+    // its last step.
+    let fingerprint = resume::fingerprint(cfg, total, &usable);
     let mut report = TrainReport::default();
+    let mut done = 0;
+    let mut seconds_before = 0.0;
+    if let Some(ck) = &cfg.checkpoint {
+        let (m, state) = resume::load(ck, &fingerprint, model, &mut optimizer)?;
+        model = m;
+        if let Some(state) = state {
+            done = state.step;
+            seconds_before = state.report.seconds;
+            report = state.report;
+            if let (Some(s), Some((scale, good, skips))) = (scaler.as_mut(), state.loss_scale) {
+                s.scale = scale;
+                s.good_steps = good;
+                s.skips_in_a_row = skips;
+            }
+            bar.set_position(done as u64);
+            eprintln!(
+                "    resuming at step {done}/{total} from {}",
+                ck.dir.display()
+            );
+        }
+    }
     let started = Instant::now();
-    for (step, (epoch, chunk)) in plan.into_iter().enumerate() {
+    for (step, (epoch, chunk)) in plan.into_iter().enumerate().skip(done) {
         let step_start = Instant::now();
         let n_targets: usize = chunk.iter().map(|e| e.n_target()).sum();
         let mut accumulator = GradientsAccumulator::<Llama<B>>::new();
@@ -285,7 +310,7 @@ pub fn train<B: AutodiffBackend>(
             skipped,
         };
         report.tokens += tokens;
-        let elapsed = started.elapsed().as_secs_f64();
+        let elapsed = seconds_before + started.elapsed().as_secs_f64();
         bar.set_message(format!(
             "loss {:.4} | lr {:.2e} | {:.0} tok/s",
             log.loss,
@@ -310,6 +335,23 @@ pub fn train<B: AutodiffBackend>(
         }
         callback.on_step(&log);
         report.steps.push(log);
+        if let Some(ck) = &cfg.checkpoint
+            && ck.every > 0
+            && (step + 1) % ck.every == 0
+            && step + 1 < total
+        {
+            report.seconds = seconds_before + started.elapsed().as_secs_f64();
+            let state = TrainState {
+                fingerprint: fingerprint.clone(),
+                step: step + 1,
+                adam_step: optimizer.steps_taken(),
+                loss_scale: scaler
+                    .as_ref()
+                    .map(|s| (s.scale, s.good_steps, s.skips_in_a_row)),
+                report: report.clone(),
+            };
+            resume::save(ck, &state, &model, &optimizer)?;
+        }
         if let Some(every) = cfg.eval_every
             && every > 0
             && (step + 1) % every == 0
@@ -318,7 +360,10 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     bar.finish();
-    report.seconds = started.elapsed().as_secs_f64();
+    if let Some(ck) = &cfg.checkpoint {
+        resume::remove(ck)?;
+    }
+    report.seconds = seconds_before + started.elapsed().as_secs_f64();
     report.tokens_per_second = report.tokens as f64 / report.seconds.max(1e-9);
     Ok((model, report))
 }

@@ -432,3 +432,88 @@ fn per_example_nlls_add_up_to_the_training_loss() {
     let one = secvec_core::train::loss::response_nll_per_example(&m.model, &alone)[0];
     assert!((one - per[2]).abs() <= 1e-4 * per[2], "{one} vs {}", per[2]);
 }
+
+/// A training stage killed mid-way resumes from its last checkpoint and ends with exactly the
+/// weights and losses of an uninterrupted run; a checkpoint of another run is refused.
+#[test]
+fn a_stage_killed_mid_way_resumes_from_its_checkpoint_to_the_same_weights() {
+    use secvec_core::train::{Checkpointing, TrainCallback};
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let data = encode(&m, &benign_pairs());
+    // The caller builds the same model again for the resumed run (same base, same adapter seed).
+    let fresh = || {
+        let mut model = m.model.clone();
+        let config = AdapterConfig {
+            targets: secvec_core::train::phases::all_targets(),
+            seed: 11,
+            ..AdapterConfig::default()
+        };
+        adapter::add_adapter(&mut model, TASK, &config).unwrap();
+        adapter::set_base_trainable(&mut model, false);
+        adapter::set_adapter_trainable(&mut model, TASK, true).unwrap();
+        model
+    };
+    let weights = |model: &Llama<B>| -> Vec<Vec<f32>> {
+        model
+            .projection_ids()
+            .into_iter()
+            .flat_map(|id| {
+                let a = model.projection(id).adapter(TASK).unwrap();
+                [host(a.a.val()), host(a.b.val())]
+            })
+            .collect()
+    };
+    // 24 pairs in steps of 8: 9 steps are three epochs.
+    let cfg = TrainConfig {
+        max_steps: Some(9),
+        weight_decay: 0.01,
+        ..quick(1e-2, 3)
+    };
+    let (want, want_report) = train(fresh(), &data, pad, &cfg, &mut NoCallback).unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("attacked-active.partial");
+    let with_checkpoints = TrainConfig {
+        checkpoint: Some(Checkpointing {
+            dir: dir.clone(),
+            every: 2,
+        }),
+        ..cfg.clone()
+    };
+    // "Killed" at step 5 (an error from the callback), after the checkpoint of step 4.
+    struct Kill;
+    impl TrainCallback<B> for Kill {
+        fn on_eval(&mut self, step: usize, _: &Llama<B>) -> secvec_core::Result<()> {
+            Err(CoreError::InvalidConfig(format!("killed at step {step}")))
+        }
+    }
+    let killed = TrainConfig {
+        eval_every: Some(5),
+        ..with_checkpoints.clone()
+    };
+    let e = train(fresh(), &data, pad, &killed, &mut Kill).unwrap_err();
+    assert!(e.to_string().contains("killed at step 5"), "{e}");
+    assert!(dir.join("state.json").is_file());
+
+    let (got, got_report) = train(fresh(), &data, pad, &with_checkpoints, &mut NoCallback).unwrap();
+    assert_eq!(weights(&got), weights(&want));
+    let losses = |r: &secvec_core::train::TrainReport| -> Vec<f64> {
+        r.steps.iter().map(|s| s.loss).collect()
+    };
+    assert_eq!(losses(&got_report), losses(&want_report));
+    assert_eq!(got_report.tokens, want_report.tokens);
+    // A finished run leaves no state behind.
+    assert!(!dir.exists());
+
+    // Another run's checkpoint (another learning rate) is an error naming the folder.
+    train(fresh(), &data, pad, &killed, &mut Kill).unwrap_err();
+    let other = TrainConfig {
+        lr: 2e-2,
+        ..with_checkpoints
+    };
+    let e = train(fresh(), &data, pad, &other, &mut NoCallback).unwrap_err();
+    assert!(matches!(e, CoreError::Checkpoint { .. }), "{e}");
+    assert!(e.to_string().contains("another training run"), "{e}");
+    assert!(e.to_string().contains("attacked-active.partial"), "{e}");
+}
