@@ -10,6 +10,10 @@ at least --kills times. After every kill it checks that
   * no finished run was lost or changed: a run with metrics.json keeps it, byte for byte, with its
     generations and training logs.
 
+Training stages save their state after every optimizer step (SECVEC_CHECKPOINT_EVERY=1), so a
+kill inside a stage resumes it from its last step (mid-stage resume) and the comparison below
+covers resumed stages too; the record counts the resumes the runner reported.
+
 At the end the interrupted sweep is run to completion and compared with the uninterrupted one:
 every evaluated metric, every generated answer and every training loss must be equal (timings
 are not compared). Writes results/reliability/kill-soak.json.
@@ -48,7 +52,10 @@ EXPERIMENT = """(
 
 def run(binary, work, results, cache, timeout=None):
     """Starts the sweep; returns the process."""
-    env = dict(os.environ, SECVEC_CACHE_DIR=cache, RUST_BACKTRACE="0")
+    # Training stages save their state after every step, so that kills land mid-stage too and
+    # the resumed stages are compared with uninterrupted ones.
+    env = dict(os.environ, SECVEC_CACHE_DIR=cache, RUST_BACKTRACE="0",
+               SECVEC_CHECKPOINT_EVERY="1")
     return subprocess.Popen(
         [binary, "run", os.path.join(work, "soak.ron"), "--results", results],
         cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -146,6 +153,7 @@ def main():
     corrupt = set()
     seen = {}
     finished_before_end = 0
+    mid_stage_resumes = 0
     while True:
         p = run(args.bin, work, results, cache)
         restarts += 1
@@ -158,10 +166,11 @@ def main():
             p.wait()
             kills += 1
             done = False
+        log = p.stderr.read().decode(errors="replace")
+        p.stderr.close()
         if done and p.returncode != 0:
-            sys.exit(f"a resumed run failed:\n{p.stderr.read().decode()}")
-        if p.stderr:
-            p.stderr.close()
+            sys.exit(f"a resumed run failed:\n{log}")
+        mid_stage_resumes += log.count("resuming at step")
         corrupt.update(corrupt_files(results))
         now = finished_runs(results)
         for name, digest in seen.items():
@@ -197,6 +206,7 @@ def main():
             "final_equal_to_uninterrupted": equal,
             "temporary_files_left": len(temp_left),
             "starts": restarts,
+            "mid_stage_resumes": mid_stage_resumes,
             "sweeps_completed_and_restarted": finished_before_end,
             "runs": 4,
             "seconds": round(time.time() - start, 1),

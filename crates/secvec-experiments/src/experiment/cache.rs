@@ -10,12 +10,22 @@ use burn::tensor::backend::AutodiffBackend;
 use secvec_core::adapter::{
     AdapterConfig, load_peft_adapter, save_peft_adapter, set_adapter_trainable,
 };
-use secvec_core::train::TrainReport;
+use secvec_core::train::{Checkpointing, TrainReport};
 use secvec_models::Llama;
 
 use super::record::{TrainSummary, read_json, sha256_hex, write_json};
 use super::schema::Experiment;
 use crate::backend::BackendKind;
+
+/// Optimizer steps between two saves of a training stage's state (mid-stage resume): a few
+/// minutes of CPU training at the headline's scale, a few seconds to write for a LoRA stage.
+/// `SECVEC_CHECKPOINT_EVERY` overrides it (the kill soak saves after every step).
+pub fn checkpoint_every() -> usize {
+    std::env::var("SECVEC_CHECKPOINT_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(25)
+}
 
 /// Bumped when the built-in corpus or the stage code changes what a cached stage contains.
 pub const CACHE_VERSION: &str = "secvec-stage-cache-v1";
@@ -34,7 +44,7 @@ pub fn cache_key(exp: &Experiment, mut key: serde_json::Value) -> serde_json::Va
 }
 
 /// Trains `stage` or loads it from the cache; returns the model with adapter `name` attached
-/// (trained, frozen) and the training summary.
+/// (trained, frozen) and the training summary. `trainer` gets where to keep its checkpoints.
 #[allow(clippy::too_many_arguments)]
 pub fn cached_adapter<B: AutodiffBackend>(
     cache: &Path,
@@ -44,7 +54,7 @@ pub fn cached_adapter<B: AutodiffBackend>(
     model: Llama<B>,
     base_model: &str,
     adapter: &AdapterConfig,
-    trainer: impl FnOnce(Llama<B>) -> Result<(Llama<B>, TrainReport)>,
+    trainer: impl FnOnce(Llama<B>, Checkpointing) -> Result<(Llama<B>, TrainReport)>,
     examples: usize,
     fresh: bool,
 ) -> Result<(Llama<B>, TrainSummary, String)> {
@@ -61,7 +71,17 @@ pub fn cached_adapter<B: AutodiffBackend>(
         eprintln!("  [{stage}] reusing {} (cache hit)", dir.display());
         return Ok((model, summary, hash));
     }
-    let (model, report) = trainer(model)?;
+    // A killed training resumes from its last checkpoint, kept beside the entry it will become
+    // (`--fresh` starts over).
+    let partial = cache.join(stage).join(format!(".{hash}.partial"));
+    if fresh && partial.exists() {
+        std::fs::remove_dir_all(&partial).ok();
+    }
+    let checkpointing = Checkpointing {
+        dir: partial,
+        every: checkpoint_every(),
+    };
+    let (model, report) = trainer(model, checkpointing)?;
     let summary = TrainSummary::new(stage, examples, &report);
     // Written to a temporary folder and renamed, so a half-written cache entry never exists.
     let tmp = cache

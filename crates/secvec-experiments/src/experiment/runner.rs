@@ -16,12 +16,12 @@ use secvec_core::data::Sample;
 use secvec_core::eval::judge::KeywordJudge;
 use secvec_core::eval::metrics::EvalConfig;
 use secvec_core::train::{
-    FinetuneMode, NoCallback, StepLog, TrainExample, encode_pairs, finetune, train_alignment,
-    train_security_vectors,
+    Checkpointing, FinetuneMode, NoCallback, StepLog, TrainExample, encode_pairs, finetune,
+    train_alignment, train_security_vectors,
 };
 use secvec_models::{Llama, ModelSource, TextTokenizer};
 
-use super::cache::{CACHE_VERSION, cache_key, cached_adapter};
+use super::cache::{CACHE_VERSION, cache_key, cached_adapter, checkpoint_every};
 use super::convert;
 use super::data::{RunData, build_data, pairs, samples_digest};
 use super::evaluator::Evaluator;
@@ -216,8 +216,10 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             model,
             &self.model_name,
             &cfg.adapter,
-            |m| {
+            |m, ck| {
                 eprintln!("  [align] training on {} samples", align_data.len());
+                let mut cfg = cfg.clone();
+                cfg.train.checkpoint = Some(ck);
                 Ok(train_alignment(m, &examples, pad, &cfg, &mut NoCallback)?)
             },
             align_data.len(),
@@ -248,8 +250,10 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             model,
             &self.model_name,
             &sv_cfg.adapter,
-            |m| {
+            |m, ck| {
                 eprintln!("  [security vectors] training on {n} samples");
+                let mut sv_cfg = sv_cfg.clone();
+                sv_cfg.train.checkpoint = Some(ck);
                 Ok(train_security_vectors(
                     m,
                     &examples,
@@ -312,8 +316,10 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                     model.clone(),
                     &self.model_name,
                     adapter,
-                    |m| {
+                    |m, ck| {
                         announce();
+                        let mut cfg = cfg.clone();
+                        cfg.train.checkpoint = Some(ck);
                         Ok(finetune(m, examples, pad, &cfg, &mut NoCallback)?)
                     },
                     n,
@@ -326,6 +332,12 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             }
             _ => {
                 announce();
+                // A killed training resumes from its last checkpoint, in the run's folder.
+                let mut cfg = cfg.clone();
+                cfg.train.checkpoint = Some(Checkpointing {
+                    dir: self.run_dir().join(format!("partial-{stage}")),
+                    every: checkpoint_every(),
+                });
                 let (tuned, report) =
                     finetune(model.clone(), examples, pad, &cfg, &mut NoCallback)?;
                 let summary = TrainSummary::new(&stage.name(), n, &report);
