@@ -14,9 +14,9 @@ Training stages save their state after every optimizer step (SECVEC_CHECKPOINT_E
 kill inside a stage resumes it from its last step (mid-stage resume) and the comparison below
 covers resumed stages too; the record counts the resumes the runner reported.
 
-At the end the interrupted sweep is run to completion and compared with the uninterrupted one:
-every evaluated metric, every generated answer and every training loss must be equal (timings
-are not compared). Writes results/reliability/kill-soak.json.
+Every interrupted sweep is run to completion and compared with the uninterrupted one (a sweep that
+completes before the kills are done starts over in a fresh folder): every evaluated metric,
+every generated answer and every training loss must be equal (timings are not compared). Writes results/reliability/kill-soak.json.
 
     python3 scripts/kill-soak.py --bin target/release/secvec-experiments [--kills 20] [--seed 0]
 """
@@ -154,6 +154,9 @@ def main():
     seen = {}
     finished_before_end = 0
     mid_stage_resumes = 0
+    sweeps_compared = 0
+    differences = []
+    want = comparable(os.path.join(work, "reference"))
     while True:
         p = run(args.bin, work, results, cache)
         restarts += 1
@@ -180,6 +183,15 @@ def main():
         print(f"start {restarts}: {'finished' if done else f'killed after {delay:.2f} s'}; "
               f"{len(now)} runs finished, {len(lost)} lost, {len(corrupt)} corrupt files")
         if done:
+            # Every completed sweep is compared with the uninterrupted one.
+            got = comparable(results)
+            sweeps_compared += 1
+            for name in sorted(set(got) | set(want)):
+                for part, a, b in zip(("metrics", "losses", "generations"),
+                                      got.get(name, (None,) * 3), want.get(name, (None,) * 3)):
+                    if a != b:
+                        differences.append(f"sweep {sweeps_compared}, {name}: {part}")
+                        print(f"differs from the uninterrupted sweep: {differences[-1]}")
             if kills >= args.kills:
                 break
             # Finished before enough kills: start over in a fresh folder, keeping the count.
@@ -187,16 +199,7 @@ def main():
             shutil.rmtree(results)
             shutil.rmtree(cache, ignore_errors=True)
             seen = {}
-    got, want = comparable(results), comparable(os.path.join(work, "reference"))
-    equal = got == want
-    differences = []
-    for name in sorted(set(got) | set(want)):
-        for part, a, b in zip(("metrics", "losses", "generations"),
-                              got.get(name, (None,) * 3), want.get(name, (None,) * 3)):
-            if a != b:
-                differences.append(f"{name}: {part}")
-    for d in differences:
-        print(f"differs from the uninterrupted sweep: {d}")
+    equal = not differences
     temp_left = [f for f in glob.glob(os.path.join(results, "**", "*.tmp*"), recursive=True)]
     record = {
         "kill_soak": {
@@ -207,7 +210,7 @@ def main():
             "temporary_files_left": len(temp_left),
             "starts": restarts,
             "mid_stage_resumes": mid_stage_resumes,
-            "sweeps_completed_and_restarted": finished_before_end,
+            "sweeps_completed_and_compared": sweeps_compared,
             "runs": 4,
             "seconds": round(time.time() - start, 1),
         },
