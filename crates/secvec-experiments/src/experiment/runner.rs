@@ -220,7 +220,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                 eprintln!("  [align] training on {} samples", align_data.len());
                 let mut cfg = cfg.clone();
                 cfg.train.checkpoint = Some(ck);
-                Ok(train_alignment(m, &examples, pad, &cfg, &mut NoCallback)?)
+                train_alignment(m, &examples, pad, &cfg, &mut NoCallback).context("stage `align`")
             },
             align_data.len(),
             self.fresh,
@@ -254,13 +254,8 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                 eprintln!("  [security vectors] training on {n} samples");
                 let mut sv_cfg = sv_cfg.clone();
                 sv_cfg.train.checkpoint = Some(ck);
-                Ok(train_security_vectors(
-                    m,
-                    &examples,
-                    pad,
-                    &sv_cfg,
-                    &mut NoCallback,
-                )?)
+                train_security_vectors(m, &examples, pad, &sv_cfg, &mut NoCallback)
+                    .context("stage `vectors`")
             },
             n,
             self.fresh,
@@ -320,7 +315,8 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                         announce();
                         let mut cfg = cfg.clone();
                         cfg.train.checkpoint = Some(ck);
-                        Ok(finetune(m, examples, pad, &cfg, &mut NoCallback)?)
+                        finetune(m, examples, pad, &cfg, &mut NoCallback)
+                            .with_context(|| format!("stage `{stage}`"))
                     },
                     n,
                     self.fresh,
@@ -338,8 +334,8 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                     dir: self.run_dir().join(format!("partial-{stage}")),
                     every: checkpoint_every(),
                 });
-                let (tuned, report) =
-                    finetune(model.clone(), examples, pad, &cfg, &mut NoCallback)?;
+                let (tuned, report) = finetune(model.clone(), examples, pad, &cfg, &mut NoCallback)
+                    .with_context(|| format!("stage `{stage}`"))?;
                 let summary = TrainSummary::new(&stage.name(), n, &report);
                 (tuned, summary, report.steps)
             }
