@@ -12,7 +12,8 @@ use secvec_models::weights::transpose;
 use crate::adapter::peft::write_f32_safetensors;
 use crate::error::{CoreError, Result};
 
-fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+/// A tensor's values as f32 on the host (also used by the training checkpoints of `train::resume`).
+pub(crate) fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .to_vec()

@@ -14,6 +14,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, backend::AutodiffBackend};
 
 use secvec_models::Llama;
+
+use crate::checkpoint::host;
 use secvec_models::kernels::{self, AdamWStep};
 
 /// AdamW's hyper-parameters and moments.
@@ -128,15 +130,8 @@ pub fn global_grad_norm<B: AutodiffBackend>(model: &Llama<B>, grads: &GradientsP
     v.sum.sqrt()
 }
 
-type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
-
-fn host<B: burn::tensor::backend::Backend, const D: usize>(t: &Tensor<B, D>) -> Vec<f32> {
-    t.clone()
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 after convert")
-}
+/// Named host tensors: `(name, shape, values)`.
+pub(crate) type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
 
 /// The moments of the trainable parameters, keyed by position among them (`m.<i>`, `v.<i>`).
 struct ExportMoments<'a> {
@@ -158,9 +153,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ExportMoments<'_> {
             .and_then(|b| b.downcast_ref::<Moments<B, D>>())
         {
             self.out
-                .push((format!("m.{i}"), m.dims().to_vec(), host(m)));
+                .push((format!("m.{i}"), m.dims().to_vec(), host(m.clone())));
             self.out
-                .push((format!("v.{i}"), v.dims().to_vec(), host(v)));
+                .push((format!("v.{i}"), v.dims().to_vec(), host(v.clone())));
         }
     }
 }

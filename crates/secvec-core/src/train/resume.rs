@@ -32,9 +32,10 @@ use secvec_models::hf::bytes_to_f32;
 
 use super::TrainConfig;
 use super::batch::TrainExample;
-use super::optim::AdamW;
+use super::optim::{AdamW, Named};
 use super::trainer::TrainReport;
 use crate::adapter::peft::write_f32_safetensors;
+use crate::checkpoint::host;
 use crate::error::{CoreError, Result};
 use crate::fsio::write_atomic;
 
@@ -103,15 +104,6 @@ pub(crate) fn fingerprint(cfg: &TrainConfig, total: usize, examples: &[&TrainExa
     }
     format!("{h:016x}-{total}-{}", examples.len())
 }
-
-fn host<B: burn::tensor::backend::Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 after convert")
-}
-
-type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
 
 /// The trainable parameters, by their position among the trainable ones.
 struct ExportParams(Named, usize);

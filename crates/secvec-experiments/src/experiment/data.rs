@@ -116,13 +116,16 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         ("security_vectors", "data", "samples"),
         sv_stage.samples,
     )?;
-    // Benign samples for the vectors: the end of the `align` split, so that they differ from the
-    // alignment stage's (taken from its start) whenever the split holds both.
-    let mut align_benign_reversed = split(Split::Align, Some(SampleKind::Benign));
-    align_benign_reversed.reverse();
+    // The end of the `align` split first: the vectors' benign samples and SafeInstr's refusals
+    // differ from the alignment stage's (taken from its start) whenever the split holds both.
+    let align_from_end = |kind: SampleKind| -> Vec<Sample> {
+        let mut v = split(Split::Align, Some(kind));
+        v.reverse();
+        v
+    };
     let sv_benign = take(
         &sv_stage.benign_data,
-        align_benign_reversed,
+        align_from_end(SampleKind::Benign),
         "align",
         ("security_vectors", "benign_data", "benign"),
         sv_stage.benign,
@@ -181,13 +184,10 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
     let skill: Vec<Sample> = skill_pool.iter().cycle().take(n_skill).cloned().collect();
     let attack = mix_counts(&harmful, n_harmful, &skill, n_skill, exp.seed)
         .context("mixing the fine-tuning data")?;
-    // SafeInstr's refusal demonstrations: the end of the `align` split's refusals, so that they
-    // differ from the alignment stage's (taken from its start) whenever the split holds both.
-    let mut align_refusals_reversed = split(Split::Align, Some(SampleKind::HarmfulRefusal));
-    align_refusals_reversed.reverse();
+    // SafeInstr's refusal demonstrations, from the end of the `align` split.
     let safety = take(
         &ft.safety_data,
-        align_refusals_reversed,
+        align_from_end(SampleKind::HarmfulRefusal),
         "align",
         ("finetune", "safety_data", "safety"),
         ft.safety,
