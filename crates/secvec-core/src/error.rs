@@ -47,6 +47,11 @@ pub enum CoreError {
         "training stopped at step {step}: non-finite {what}; lower the learning rate or check the data"
     )]
     NonFinite { step: usize, what: String },
+    /// NaN or ±inf met while evaluating a model: its weights or activations overflowed.
+    #[error(
+        "evaluation stopped: non-finite {what}; the model's weights or activations overflowed (check the training losses of the stage that made it, or evaluate in f32)"
+    )]
+    NonFiniteEval { what: String },
     /// A training checkpoint that cannot be used (another run's, or damaged).
     #[error("{}: training checkpoint: {cause}", path.display())]
     Checkpoint { path: PathBuf, cause: String },

@@ -567,7 +567,8 @@ fn two_shards_in_two_processes_give_the_summary_of_one_process() {
     let one = command("one", "cache-one", &[]).output().unwrap();
     assert!(one.status.success(), "{}", stderr(&one));
 
-    // Two shards at once on one results folder and one stage cache (both need the alignment).
+    // Two shards at once on one results folder and one stage cache (both need the alignment and
+    // the vectors).
     let shards: Vec<_> = ["0/2", "1/2"]
         .iter()
         .map(|s| {
@@ -606,6 +607,11 @@ fn two_shards_in_two_processes_give_the_summary_of_one_process() {
                 "shard {k}: {log}"
             );
         }
+    }
+    // Each shared cached stage is trained by one shard; the other waits for it or reuses it.
+    for what in ["[align] training on", "[security vectors] training on"] {
+        let n: usize = logs.iter().map(|l| l.matches(what).count()).sum();
+        assert_eq!(n, 1, "`{what}` in {logs:#?}");
     }
     let summarize = command("two", "cache-two", &["--summarize"])
         .output()

@@ -75,6 +75,9 @@ pub enum ModelError {
     },
     #[error("invalid generation request: {0}")]
     Generation(String),
+    /// NaN or ±inf among the logits that pick a token: the weights or activations overflowed.
+    #[error("non-finite logits for prompt {row} of the batch at generation step {step}")]
+    NonFiniteLogits { step: usize, row: usize },
 }
 
 impl ModelError {

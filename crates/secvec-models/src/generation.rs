@@ -47,8 +47,25 @@ fn last_logits<B: Backend>(model: &Llama<B>, hidden: Tensor<B, 3>) -> Vec<f32> {
         .expect("f32 after convert")
 }
 
+/// Refuses logits with a NaN or an infinity: greedy decoding would silently pick a token anyway
+/// (NaN never wins an argmax), and the evaluation would report rates of a broken model.
+/// `rows[slot]` is the prompt of batch slot `slot`.
+fn check_finite(logits: &[f32], vocab: usize, rows: &[usize], step: usize) -> Result<()> {
+    match logits
+        .chunks(vocab)
+        .position(|row| row.iter().any(|x| !x.is_finite()))
+    {
+        Some(slot) => Err(ModelError::NonFiniteLogits {
+            step,
+            row: rows[slot],
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Generates continuations of `prompts` (token ids) as one batch. Rows are left-padded with
-/// `pad_id`; finished rows leave the batch so that the rest run faster.
+/// `pad_id`; finished rows leave the batch so that the rest run faster. Non-finite logits stop
+/// generation with [`ModelError::NonFiniteLogits`] naming the prompt and the step.
 pub fn generate<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
@@ -137,6 +154,7 @@ pub fn generate<B: Backend>(
     let mut rows: Vec<usize> = (0..prompts.len()).collect();
 
     for step in 0..config.max_new_tokens {
+        check_finite(&logits, model.vocab_size(), &rows, step)?;
         let mut keep = Vec::with_capacity(rows.len());
         let mut next_tokens = Vec::with_capacity(rows.len());
         for (slot, &row) in rows.iter().enumerate() {

@@ -26,12 +26,14 @@ use burn::tensor::backend::Backend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use secvec_models::{GenerationConfig, Llama, Message, Sampling, TextTokenizer, generate};
+use secvec_models::{
+    GenerationConfig, Llama, Message, ModelError, Sampling, TextTokenizer, generate,
+};
 
 use super::judge::Judge;
 use super::stats::Rate;
 use crate::data::Sample;
-use crate::error::Result;
+use crate::error::{CoreError, Result};
 use crate::train::batch::{TrainExample, make_batch};
 use crate::train::loss::response_nll_per_example;
 use crate::train::{TextPair, encode_pairs};
@@ -113,7 +115,16 @@ fn progress_bar(len: usize, label: &str, show: bool) -> ProgressBar {
     bar
 }
 
-/// Greedy answers to `prompts` (user messages), in their order. `label` names the progress bar.
+/// The first 60 characters of `text`, for error messages.
+fn preview(text: &str) -> String {
+    match text.char_indices().nth(60) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// Greedy answers to `prompts` (user messages), in their order. `label` names the progress bar
+/// and, in an error, the set. Non-finite logits are an error naming the prompt and the step.
 pub fn generate_responses<B: Backend>(
     model: &Llama<B>,
     tok: &TextTokenizer,
@@ -136,7 +147,17 @@ pub fn generate_responses<B: Backend>(
     let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
     for chunk in order.chunks(config.batch_size.max(1)) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| encoded[i].clone()).collect();
-        let generated = generate(model, &batch, tok.pad_id(), &gen_config)?;
+        let generated =
+            generate(model, &batch, tok.pad_id(), &gen_config).map_err(|e| match e {
+                ModelError::NonFiniteLogits { step, row } => CoreError::NonFiniteEval {
+                    what: format!(
+                        "logits in `{label}` at generation step {step} of prompt {} ({:?})",
+                        chunk[row],
+                        preview(&prompts[chunk[row]])
+                    ),
+                },
+                e => e.into(),
+            })?;
         for (&i, g) in chunk.iter().zip(generated) {
             out[i] = Some(Generation {
                 text: tok.decode(&g.tokens, true)?.trim().to_string(),
@@ -267,6 +288,11 @@ pub fn response_nlls<B: Backend>(
         let batch = make_batch::<B>(&rows, tok.pad_id(), &device);
         let sums = response_nll_per_example(model, &batch);
         for (&i, sum) in chunk.iter().zip(sums) {
+            if !sum.is_finite() {
+                return Err(CoreError::NonFiniteEval {
+                    what: format!("response NLL of pair {i} ({:?})", preview(&pairs[i].prompt)),
+                });
+            }
             out[i] = (sum / examples[i].n_target().max(1) as f64) as f32;
         }
     }

@@ -517,3 +517,42 @@ fn a_stage_killed_mid_way_resumes_from_its_checkpoint_to_the_same_weights() {
     assert!(e.to_string().contains("another training run"), "{e}");
     assert!(e.to_string().contains("attacked-active.partial"), "{e}");
 }
+
+/// A model whose weights hold NaN: evaluation stops with an error naming the set, the prompt (in
+/// the caller's order, although prompts are generated shortest first) and the step, and the
+/// teacher-forced NLL names the pair; never rates or NLLs of a broken model.
+#[test]
+fn evaluation_stops_on_non_finite_logits() {
+    use secvec_core::eval::metrics::generate_responses;
+    use secvec_core::eval::{EvalConfig, response_nlls};
+    let mut m = tiny();
+    let nan = m.model.embed_tokens.val().mul_scalar(f32::NAN);
+    m.model.embed_tokens = burn::module::Param::initialized(burn::module::ParamId::new(), nan);
+    let prompts = vec![
+        "Tell me a long story about a zebra crossing a river".to_string(),
+        "Hi".to_string(),
+    ];
+    let config = EvalConfig {
+        max_new_tokens: 4,
+        progress: false,
+        ..EvalConfig::default()
+    };
+    let err = generate_responses(&m.model, &m.tokenizer, &prompts, &config, "benign").unwrap_err();
+    assert!(matches!(err, CoreError::NonFiniteEval { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("logits in `benign` at generation step 0 of prompt 1 (\"Hi\")"),
+        "{text}"
+    );
+    let pairs = vec![("Hi".to_string(), "Hello.".to_string())];
+    let err = response_nlls(&m.model, &m.tokenizer, &pairs, 1).unwrap_err();
+    assert!(
+        err.to_string().contains("non-finite response NLL of pair 0 (\"Hi\")"),
+        "{err}"
+    );
+    // The same model with finite weights evaluates (the check does not fire on sane logits).
+    let m = tiny();
+    let out = generate_responses(&m.model, &m.tokenizer, &prompts, &config, "benign").unwrap();
+    assert_eq!(out.len(), 2);
+    assert!(response_nlls(&m.model, &m.tokenizer, &pairs, 1).unwrap()[0].is_finite());
+}

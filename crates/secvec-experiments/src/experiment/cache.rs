@@ -1,6 +1,7 @@
 //! The stage cache: the aligned model and the security vectors, stored outside the results by a
 //! hash of everything that determines them (`<cache>/experiments/{align,vectors}/<hash>/`, PEFT
-//! format), so every run — and every experiment — that shares them trains them once.
+//! format), so every run — and every experiment — that shares them trains them once, also across
+//! processes (`lock.rs`).
 
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use secvec_core::adapter::{
 use secvec_core::train::{Checkpointing, TrainReport};
 use secvec_models::Llama;
 
+use super::lock::{Claim, claim};
 use super::record::{TrainSummary, read_json, sha256_hex, write_json};
 use super::schema::Experiment;
 use crate::backend::BackendKind;
@@ -59,21 +61,31 @@ pub fn cached_adapter<B: AutodiffBackend>(
     fresh: bool,
 ) -> Result<(Llama<B>, TrainSummary, String)> {
     let hash = sha256_hex(&serde_json::to_vec(key)?)[..16].to_string();
-    let dir = cache.join(stage).join(&hash);
+    let stage_dir = cache.join(stage);
+    let dir = stage_dir.join(&hash);
     let summary_path = dir.join("training.json");
-    if summary_path.is_file() && !fresh {
-        let mut model = model;
-        let mut summary: TrainSummary = read_json(&summary_path)?;
-        load_peft_adapter(&mut model, &dir, name)
-            .with_context(|| format!("loading cached {stage} from {}", dir.display()))?;
-        set_adapter_trainable(&mut model, name, false)?;
-        summary.cached = true;
-        eprintln!("  [{stage}] reusing {} (cache hit)", dir.display());
-        return Ok((model, summary, hash));
-    }
+    std::fs::create_dir_all(&stage_dir)
+        .with_context(|| format!("creating {}", stage_dir.display()))?;
+    // One process trains a missing entry; the others (shards of a sweep) wait for it and load it.
+    // `--fresh` retrains whatever the cache holds, but still one process at a time.
+    let lock = stage_dir.join(format!(".{hash}.lock"));
+    let done = || !fresh && summary_path.is_file();
+    let _guard = match claim(&lock, done, stage)? {
+        Claim::Mine(guard) => guard,
+        Claim::Done => {
+            let mut model = model;
+            let mut summary: TrainSummary = read_json(&summary_path)?;
+            load_peft_adapter(&mut model, &dir, name)
+                .with_context(|| format!("loading cached {stage} from {}", dir.display()))?;
+            set_adapter_trainable(&mut model, name, false)?;
+            summary.cached = true;
+            eprintln!("  [{stage}] reusing {} (cache hit)", dir.display());
+            return Ok((model, summary, hash));
+        }
+    };
     // A killed training resumes from its last checkpoint, kept beside the entry it will become
     // (`--fresh` starts over).
-    let partial = cache.join(stage).join(format!(".{hash}.partial"));
+    let partial = stage_dir.join(format!(".{hash}.partial"));
     if fresh && partial.exists() {
         std::fs::remove_dir_all(&partial).ok();
     }
@@ -84,9 +96,7 @@ pub fn cached_adapter<B: AutodiffBackend>(
     let (model, report) = trainer(model, checkpointing)?;
     let summary = TrainSummary::new(stage, examples, &report);
     // Written to a temporary folder and renamed, so a half-written cache entry never exists.
-    let tmp = cache
-        .join(stage)
-        .join(format!(".{hash}.tmp-{}", std::process::id()));
+    let tmp = stage_dir.join(format!(".{hash}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).ok();
     }

@@ -7,6 +7,7 @@ pub mod convert;
 pub mod data;
 pub mod evaluator;
 pub mod grid;
+pub mod lock;
 pub mod record;
 pub mod report;
 pub mod runner;

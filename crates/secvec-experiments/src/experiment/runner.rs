@@ -157,7 +157,10 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         model: &Llama<B::InnerBackend>,
         training: Option<TrainSummary>,
     ) -> Result<StageRecord> {
-        let (metrics, secs) = self.evaluator.run(stage, model)?;
+        let (metrics, secs) = self
+            .evaluator
+            .run(stage, model)
+            .with_context(|| format!("stage `{stage}`: evaluation"))?;
         let rec = StageRecord {
             stage,
             arm: stage.arm(),
