@@ -9,7 +9,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use secvec_models::Llama;
 use secvec_models::weights::transpose;
 
-use crate::adapter::peft::write_f32_safetensors;
+use crate::adapter::peft::{f32_le_bytes, write_f32_safetensors};
 use crate::error::{CoreError, Result};
 
 /// A tensor's values as f32 on the host (also used by the training checkpoints of `train::resume`).
@@ -77,13 +77,7 @@ pub fn save_hf_safetensors<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<(
     let path = dir.join("model.safetensors");
     let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = hf_tensors(model)
         .into_iter()
-        .map(|(k, shape, data)| {
-            (
-                k,
-                shape,
-                data.into_iter().flat_map(f32::to_le_bytes).collect(),
-            )
-        })
+        .map(|(k, shape, data)| (k, shape, f32_le_bytes(&data)))
         .collect();
     write_f32_safetensors(&path, &tensors)
 }

@@ -23,6 +23,10 @@ pub enum BenchKind {
     TrainLora,
     /// Training steps: full fine-tuning (batch 8 × 64 tokens).
     TrainFull,
+    /// This trainer against burn-train's learner where they differ: burn-optim's AdamW step vs
+    /// the fused one, and burn-train's whole-model checkpoint vs the trainer's mid-stage state
+    /// (LoRA and full fine-tuning) → trainer-vs-burn-<backend>.{json,md}.
+    Trainer,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -34,7 +38,7 @@ pub struct BenchArgs {
     what: BenchKind,
     /// Timed training steps (after one warm-up step).
     #[arg(long, default_value_t = 5)]
-    steps: usize,
+    pub steps: usize,
     /// Batch sizes to measure.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     batch: Vec<usize>,
@@ -46,7 +50,7 @@ pub struct BenchArgs {
     repeats: usize,
     /// Output directory.
     #[arg(long, default_value = "results/benchmarks")]
-    out: PathBuf,
+    pub out: PathBuf,
     /// A reference speed (new tokens/s at batch 1) to report the ratio against, with its source.
     #[arg(long)]
     reference_tokens_per_s: Option<f64>,
@@ -124,6 +128,9 @@ impl Job for BenchArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+        if self.what == BenchKind::Trainer {
+            return crate::bench_trainer::bench_trainer::<B>(&self, device, backend);
+        }
         if self.what != BenchKind::Generate {
             return bench_train::<B>(&self, device, backend);
         }
@@ -272,7 +279,9 @@ fn bench_train<B: AutodiffBackend>(
 ) -> Result<()> {
     use burn::module::Module;
     use rand::{Rng, SeedableRng, rngs::StdRng};
-    use secvec_core::adapter::{AdapterConfig, add_adapter, set_base_trainable};
+    use secvec_core::adapter::{
+        AdapterConfig, add_adapter, set_adapter_trainable, set_base_trainable,
+    };
     use secvec_core::train::{NoCallback, TrainConfig, TrainExample, train};
 
     let (source, loaded) = args.model.load::<B>(&device, backend)?;
@@ -288,6 +297,7 @@ fn bench_train<B: AutodiffBackend>(
                 ..AdapterConfig::default()
             };
             add_adapter(&mut model, "task", &cfg)?;
+            set_adapter_trainable(&mut model, "task", true)?;
             "LoRA r=8 on q_proj, v_proj"
         }
         _ => {

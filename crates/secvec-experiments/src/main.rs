@@ -3,6 +3,7 @@
 mod backend;
 mod bench;
 mod bench_suite;
+mod bench_trainer;
 mod check;
 mod evaluate;
 mod experiment;

@@ -272,13 +272,8 @@ pub fn save_peft_adapter<B: Backend>(
         // Stored transposed: lora_A [r, d_in], lora_B [d_out, r].
         let a_t = transpose(&to_host(a.a.val()), d_in, r);
         let b_t = transpose(&to_host(a.b.val()), r, d_out);
-        let bytes = |v: Vec<f32>| {
-            v.into_iter()
-                .flat_map(f32::to_le_bytes)
-                .collect::<Vec<u8>>()
-        };
-        tensors.push((peft_key(id, "lora_A"), vec![r, d_in], bytes(a_t)));
-        tensors.push((peft_key(id, "lora_B"), vec![d_out, r], bytes(b_t)));
+        tensors.push((peft_key(id, "lora_A"), vec![r, d_in], f32_le_bytes(&a_t)));
+        tensors.push((peft_key(id, "lora_B"), vec![d_out, r], f32_le_bytes(&b_t)));
     }
     if tensors.is_empty() {
         return Err(CoreError::NoSuchAdapter { name: name.into() });
@@ -312,8 +307,19 @@ pub fn save_peft_adapter<B: Backend>(
     Ok(dir.to_path_buf())
 }
 
+/// Little-endian bytes of `values`, in one pass into a buffer of the right size (collecting
+/// `flat_map(f32::to_le_bytes)` pushes byte by byte: seconds for a full model's state).
+pub fn f32_le_bytes(values: &[f32]) -> Vec<u8> {
+    let mut out = vec![0u8; values.len() * 4];
+    for (chunk, v) in out.chunks_exact_mut(4).zip(values) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
 /// Writes `(name, shape, little-endian f32 bytes)` tensors as a safetensors file (PyTorch
-/// `format: pt` metadata), atomically.
+/// `format: pt` metadata), atomically: streamed into a temporary file (no second copy of the
+/// data in memory), synced, then renamed over `path`.
 pub fn write_f32_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) -> Result<()> {
     let err = |e: safetensors::SafeTensorError| CoreError::Safetensors {
         path: path.to_path_buf(),
@@ -330,6 +336,16 @@ pub fn write_f32_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8
         "format".to_string(),
         "pt".to_string(),
     )]));
-    let bytes = safetensors::serialize(views, metadata).map_err(err)?;
-    write_atomic(path, &bytes)
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(views, metadata, &tmp).map_err(err)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| CoreError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }

@@ -156,6 +156,13 @@ pub fn train<B: AutodiffBackend>(
             "no training example has a response token (empty data, or max_len too small)".into(),
         ));
     }
+    if !has_trainable(&model) {
+        return Err(CoreError::InvalidConfig(
+            "nothing to train: every parameter of the model is frozen (make the base or an \
+             adapter trainable first: set_base_trainable / set_adapter_trainable)"
+                .into(),
+        ));
+    }
     let device = model.device();
     let per_step = cfg.batch_size * cfg.grad_accum;
     let steps_per_epoch = usable.len().div_ceil(per_step);
@@ -366,4 +373,20 @@ pub fn train<B: AutodiffBackend>(
     report.seconds = seconds_before + started.elapsed().as_secs_f64();
     report.tokens_per_second = report.tokens as f64 / report.seconds.max(1e-9);
     Ok((model, report))
+}
+
+/// Whether any parameter of `model` takes gradients.
+fn has_trainable<B: AutodiffBackend>(model: &Llama<B>) -> bool {
+    struct Any(bool);
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Any {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
+        ) {
+            self.0 |= param.val().is_require_grad();
+        }
+    }
+    let mut found = Any(false);
+    burn::module::Module::visit(model, &mut found);
+    found.0
 }

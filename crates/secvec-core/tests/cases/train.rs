@@ -556,3 +556,22 @@ fn evaluation_stops_on_non_finite_logits() {
     assert_eq!(out.len(), 2);
     assert!(response_nlls(&m.model, &m.tokenizer, &pairs, 1).unwrap()[0].is_finite());
 }
+
+/// A model with every parameter frozen (an adapter added but not made trainable) is an error,
+/// not a run of steps that change nothing.
+#[test]
+fn training_a_fully_frozen_model_is_an_error() {
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let data = encode(&m, &benign_pairs());
+    let mut model = m.model;
+    adapter::set_base_trainable(&mut model, false);
+    adapter::add_adapter(&mut model, TASK, &AdapterConfig::default()).unwrap();
+    let cfg = TrainConfig {
+        max_steps: Some(1),
+        progress: false,
+        ..TrainConfig::default()
+    };
+    let err = train(model, &data, pad, &cfg, &mut NoCallback).unwrap_err();
+    assert!(err.to_string().contains("nothing to train"), "{err}");
+}
