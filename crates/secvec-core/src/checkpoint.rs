@@ -9,14 +9,14 @@ use burn::tensor::{Tensor, backend::Backend};
 use secvec_models::Llama;
 use secvec_models::weights::transpose;
 
-use crate::adapter::peft::{f32_le_bytes, write_f32_safetensors};
+use crate::adapter::peft::write_f32_safetensors;
 use crate::error::{CoreError, Result};
 
 /// A tensor's values as f32 on the host (also used by the training checkpoints of `train::resume`).
 pub(crate) fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
-        .to_vec()
+        .into_vec()
         .expect("f32 after convert")
 }
 
@@ -75,9 +75,6 @@ pub fn hf_tensors<B: Backend>(model: &Llama<B>) -> Vec<(String, Vec<usize>, Vec<
 pub fn save_hf_safetensors<B: Backend>(model: &Llama<B>, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
     let path = dir.join("model.safetensors");
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = hf_tensors(model)
-        .into_iter()
-        .map(|(k, shape, data)| (k, shape, f32_le_bytes(&data)))
-        .collect();
+    let tensors = hf_tensors(model);
     write_f32_safetensors(&path, &tensors)
 }

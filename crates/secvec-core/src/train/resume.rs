@@ -34,7 +34,7 @@ use super::TrainConfig;
 use super::batch::TrainExample;
 use super::optim::{AdamW, Named};
 use super::trainer::TrainReport;
-use crate::adapter::peft::{f32_le_bytes, write_f32_safetensors};
+use crate::adapter::peft::write_f32_safetensors;
 use crate::checkpoint::host;
 use crate::error::{CoreError, Result};
 use crate::fsio::write_atomic;
@@ -175,11 +175,10 @@ pub(crate) fn save<B: AutodiffBackend>(
     std::fs::create_dir_all(&tmp).map_err(|e| CoreError::io(&tmp, e))?;
     let mut params = ExportParams(Vec::new(), 0);
     model.visit(&mut params);
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = params
+    let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = params
         .0
         .into_iter()
         .chain(optimizer.export_moments(model))
-        .map(|(k, shape, values)| (k, shape, f32_le_bytes(&values)))
         .collect();
     write_f32_safetensors(&tmp.join(TENSORS), &tensors)?;
     let json = serde_json::to_vec_pretty(state).map_err(|e| err(&tmp, e))?;

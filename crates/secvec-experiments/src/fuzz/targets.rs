@@ -396,7 +396,7 @@ pub fn synthetic_safetensors() -> Result<Vec<u8>> {
     let dir = std::env::temp_dir().join(format!("secvec-fuzz-seed-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("seed.safetensors");
-    let f = |n: usize| -> Vec<u8> { (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect() };
+    let f = |n: usize| -> Vec<f32> { (0..n).map(|i| i as f32).collect() };
     secvec_core::adapter::peft::write_f32_safetensors(
         &path,
         &[
