@@ -12,6 +12,7 @@ pub mod defence;
 pub mod error;
 pub mod eval;
 pub mod fsio;
+pub mod steering;
 pub mod train;
 
 pub use error::{CoreError, Result};

@@ -33,6 +33,7 @@ pub mod precision;
 pub mod registry;
 pub mod rope;
 pub mod sampling;
+pub mod steering;
 // Helpers of the workspace's test suites (fixtures, comparisons; they panic on failure): public
 // only so that the other crates' tests can share them, hidden from the documented API.
 #[doc(hidden)]
@@ -49,5 +50,6 @@ pub use linear::{LoraAdapter, Projection, ProjectionId, ProjectionKind};
 pub use loader::{LoadedModel, ModelSource, load_model};
 pub use precision::Precision;
 pub use sampling::Sampling;
+pub use steering::SteeringVector;
 pub use tokenizer::TextTokenizer;
 pub use transformer::Llama;

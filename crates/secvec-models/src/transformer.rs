@@ -12,6 +12,7 @@ use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
 use crate::precision::Precision;
 use crate::rope::{RopeTables, RotaryEmbedding};
+use crate::steering::SteeringVector;
 
 /// One pre-norm decoder layer.
 #[derive(Module, Debug)]
@@ -20,6 +21,8 @@ pub struct DecoderLayer<B: Backend> {
     pub self_attn: Attention<B>,
     pub post_attention_layernorm: RmsNorm<B>,
     pub mlp: Mlp<B>,
+    /// Activation-steering vectors added to this layer's output (see [`crate::steering`]).
+    pub steering: Vec<SteeringVector<B>>,
 }
 
 impl<B: Backend> DecoderLayer<B> {
@@ -39,11 +42,12 @@ impl<B: Backend> DecoderLayer<B> {
                 cache,
                 precision,
             );
-        h.clone()
+        let out = h.clone()
             + self.mlp.forward(
                 self.post_attention_layernorm.forward(h, precision),
                 precision,
-            )
+            );
+        self.steering.iter().fold(out, |h, s| s.apply(h))
     }
 
     pub fn projection(&self, kind: ProjectionKind) -> &Projection<B> {
@@ -184,6 +188,27 @@ impl<B: Backend> Llama<B> {
             x = layer.forward(x, &rope, mask, layer_cache, self.precision);
         }
         self.norm.forward(x, self.precision)
+    }
+
+    /// The residual stream after every decoder layer (steering included, before the final
+    /// norm), `num_layers` tensors `[batch, seq, hidden]`; no cache. `positions` and `mask` as
+    /// for [`Llama::forward_hidden`].
+    pub fn forward_layers(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: &Tensor<B, 2, Int>,
+        mask: &Tensor<B, 4, Bool>,
+    ) -> Vec<Tensor<B, 3>> {
+        let mut x = self
+            .precision
+            .to_f32(embedding(self.embed_tokens.val(), ids));
+        let rope = self.rope.tables(positions);
+        let mut out = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            x = layer.forward(x, &rope, mask, None, self.precision);
+            out.push(x.clone());
+        }
+        out
     }
 
     /// Logits `[batch, seq, vocab]` of hidden states `[batch, seq, hidden]`.

@@ -154,6 +154,7 @@ pub fn build_llama<B: Backend>(
                 up_proj: l.projection(&format!("{p}.mlp.up_proj"), d, ff, config.mlp_bias)?,
                 down_proj: l.projection(&format!("{p}.mlp.down_proj"), ff, d, config.mlp_bias)?,
             },
+            steering: Vec::new(),
         });
     }
     let lm_head = if config.tie_word_embeddings {
@@ -228,6 +229,7 @@ pub fn random_llama<B: Backend>(config: &LlamaConfig, seed: u64, device: &B::Dev
                 up_proj: proj(&mut normal, d, ff, config.mlp_bias),
                 down_proj: proj(&mut normal, ff, d, config.mlp_bias),
             },
+            steering: Vec::new(),
         })
         .collect();
     let lm_head = (!config.tie_word_embeddings).then(|| normal([d, config.vocab_size]));
