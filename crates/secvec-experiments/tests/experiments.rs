@@ -640,3 +640,72 @@ fn two_shards_in_two_processes_give_the_summary_of_one_process() {
     assert_fails_with(&bad, "does not exist");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Activation-steering security vectors selected in the experiment file: the directions are
+/// computed (and written to the run's folder), switched on for the `active` arm's fine-tuning,
+/// and the rest of the pipeline is the LoRA vectors'.
+#[test]
+fn steering_vectors_run_beside_lora_vectors() {
+    let dir = std::env::temp_dir().join(format!("secvec-exp-steer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tiny.ron");
+    std::fs::write(
+        &file,
+        format!(
+            r#"(
+  model: "{model}",
+  max_len: 48,
+  align: Some((refusals: 8, benign: 8, epochs: 1, batch_size: 4)),
+  security_vectors: (samples: 8, kind: Steering(layers: [1], coefficient: 2.0), batch_size: 4),
+  finetune: (harmful: 8, skill: 8, skill_facts: 4, batch_size: 4),
+  evaluate: (samples: 8, max_new_tokens: 8, checkpoints: [VectorsOn]),
+)
+"#,
+            model = fixture().display()
+        ),
+    )
+    .unwrap();
+    let out = run(&dir, &file, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("steering directions from 8 compliant answers and 8 refusals (layer 1 |v|"),
+        "{log}"
+    );
+    assert!(!log.contains("[security vectors] training"), "{log}");
+    let run_dir = dir.join("results/tiny/runs/default");
+    let run_dir = if run_dir.is_dir() {
+        run_dir
+    } else {
+        // The single run's folder, whatever its name.
+        std::fs::read_dir(dir.join("results/tiny/runs"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    };
+    // A safetensors file: an 8-byte header length, a JSON header naming one tensor per layer.
+    let st = std::fs::read(run_dir.join("steering-vectors.safetensors")).unwrap();
+    let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&st[8..8 + n]).unwrap();
+    assert_eq!(header["layers.1"]["dtype"], "F32", "{header}");
+    assert_eq!(
+        st.len(),
+        8 + n + 4 * 32,
+        "one f32 per unit of the tiny model's 32"
+    );
+    let m = read_metrics(&run_dir.join("metrics.json"));
+    assert_eq!(
+        stage_names(&m),
+        ["vectors-on", "attacked-off", "attacked-active"]
+    );
+    // The vectors change what the attack sees: the first losses of the two arms differ.
+    let first_loss = |arm: &str| {
+        let steps = read_metrics(&run_dir.join(format!("train-attacked-{arm}.json")));
+        steps[0]["loss"].as_f64().unwrap()
+    };
+    assert_ne!(first_loss("off"), first_loss("active"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -25,6 +25,7 @@ use crate::adapter::{
     set_adapter_trainable, set_base_trainable,
 };
 use crate::error::{CoreError, Result};
+use crate::steering::{set_steering_active, steering_names};
 
 /// Whether the security vectors take part in fine-tuning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -258,7 +259,7 @@ pub fn finetune<B: AutodiffBackend>(
     cfg: &FinetuneConfig,
     callback: &mut dyn TrainCallback<B>,
 ) -> Result<(Llama<B>, TrainReport)> {
-    let has_vectors = adapter_names(&model).iter().any(|n| n == SECURITY);
+    let has_vectors = has_security_vectors(&model);
     if cfg.security_vectors == SecurityVectors::Active && !has_vectors {
         return Err(CoreError::NoSuchAdapter {
             name: SECURITY.into(),
@@ -271,11 +272,7 @@ pub fn finetune<B: AutodiffBackend>(
     }
     freeze_all(&mut model)?;
     if has_vectors {
-        set_adapter_active(
-            &mut model,
-            SECURITY,
-            cfg.security_vectors == SecurityVectors::Active,
-        )?;
+        set_security_vectors(&mut model, cfg.security_vectors == SecurityVectors::Active)?;
     }
     match cfg.mode {
         FinetuneMode::Full => set_base_trainable(&mut model, true),
@@ -287,15 +284,35 @@ pub fn finetune<B: AutodiffBackend>(
     let (mut model, report) = train(model, data, pad_id, &cfg.train, callback)?;
     freeze_all(&mut model)?;
     if has_vectors {
-        set_adapter_active(&mut model, SECURITY, false)?;
+        set_security_vectors(&mut model, false)?;
     }
     Ok((model, report))
 }
 
-/// Switches the security vectors on (to reproduce the harmful behaviour) or off (inference).
+/// Whether the model holds security vectors: a LoRA adapter or activation-steering vectors
+/// ([`crate::steering`]) named [`SECURITY`].
+pub fn has_security_vectors<B: burn::tensor::backend::Backend>(model: &Llama<B>) -> bool {
+    adapter_names(model).iter().any(|n| n == SECURITY)
+        || steering_names(model).iter().any(|n| n == SECURITY)
+}
+
+/// Switches the security vectors on (to reproduce the harmful behaviour) or off (inference),
+/// of either kind (LoRA adapter, steering vectors); returns how many modules were switched.
 pub fn set_security_vectors<B: burn::tensor::backend::Backend>(
     model: &mut Llama<B>,
     on: bool,
 ) -> Result<usize> {
-    set_adapter_active(model, SECURITY, on)
+    let mut n = 0;
+    if adapter_names(model).iter().any(|n| n == SECURITY) {
+        n += set_adapter_active(model, SECURITY, on)?;
+    }
+    if steering_names(model).iter().any(|n| n == SECURITY) {
+        n += set_steering_active(model, SECURITY, on)?;
+    }
+    if n == 0 {
+        return Err(CoreError::NoSuchAdapter {
+            name: SECURITY.into(),
+        });
+    }
+    Ok(n)
 }

@@ -12,7 +12,7 @@ use secvec_core::defence::mix_in_safety_data;
 use secvec_core::train::TextPair;
 
 use super::record::sha256_hex;
-use super::schema::{Experiment, SkillTask, Source};
+use super::schema::{Experiment, SkillTask, Source, VectorKind};
 
 /// Held-out samples of the records skill (cut further by `evaluate.samples`).
 const RECORDS_EVAL: usize = 100;
@@ -66,6 +66,9 @@ pub struct RunData {
     pub align_benign: Vec<Sample>,
     /// The vectors' training data: harmful samples, then `security_vectors.benign` benign ones.
     pub sv: Vec<Sample>,
+    /// Steering vectors only: a refusal of each harmful prompt of `sv`, from the built-in
+    /// corpus (the contrast of the steering direction); empty for LoRA vectors.
+    pub sv_refusals: Vec<Sample>,
     pub attack: Vec<Sample>,
     pub eval_harmful: Vec<Sample>,
     pub eval_benign: Vec<Sample>,
@@ -130,6 +133,27 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         ("security_vectors", "benign_data", "benign"),
         sv_stage.benign,
     )?;
+    let sv_refusals = match sv_stage.kind {
+        VectorKind::Lora => Vec::new(),
+        VectorKind::Steering { .. } => sv
+            .iter()
+            .map(|s| match corpus.harmful_answers(&s.id) {
+                Some(a) => Ok(Sample {
+                    id: format!("{}/refusal", s.id),
+                    prompt: s.prompt.clone(),
+                    response: a.refusal.clone(),
+                    kind: SampleKind::HarmfulRefusal,
+                    category: s.category.clone(),
+                    expected: None,
+                }),
+                None => bail!(
+                    "security_vectors.data: sample `{}` has no refusal in the built-in corpus \
+                     (steering directions contrast each compliant answer with a refusal)",
+                    s.id
+                ),
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
     let n_sv_benign = sv_benign.len();
     let mut sv = sv;
     sv.extend(sv_benign);
@@ -251,6 +275,7 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         align_refusals,
         align_benign,
         sv,
+        sv_refusals,
         attack,
         eval_harmful,
         eval_benign,

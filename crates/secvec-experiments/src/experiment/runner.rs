@@ -11,10 +11,12 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
+use secvec_core::adapter::peft::write_f32_safetensors;
 use secvec_core::adapter::{ALIGN, SECURITY, TASK, merge_adapter, set_base_trainable};
 use secvec_core::data::Sample;
 use secvec_core::eval::judge::KeywordJudge;
 use secvec_core::eval::metrics::EvalConfig;
+use secvec_core::steering::{attach_steering, steering_directions};
 use secvec_core::train::{
     Checkpointing, FinetuneMode, NoCallback, StepLog, TrainExample, encode_pairs, finetune,
     train_alignment, train_security_vectors,
@@ -29,7 +31,7 @@ use super::grid::RunSpec;
 use super::record::{
     RunMetrics, StageRecord, TrainSummary, config_hash, read_json, run_dir, same_config, write_json,
 };
-use super::schema::{Arm, Checkpoint, Experiment};
+use super::schema::{Arm, Checkpoint, Experiment, VectorKind};
 use super::stage::Stage;
 use crate::backend::{BackendKind, Job};
 
@@ -237,6 +239,13 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
     /// and switched off.
     fn vectors(&mut self, model: Llama<B>, align_hash: &str) -> Result<Llama<B>> {
         let s = &self.exp.security_vectors;
+        if let VectorKind::Steering {
+            layers,
+            coefficient,
+        } = &s.kind
+        {
+            return self.steering_vectors(model, layers, *coefficient);
+        }
         let sv_cfg = convert::security_vectors(self.exp, s);
         let key = self.key(
             serde_json::json!(s),
@@ -264,6 +273,50 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             self.fresh,
         )?;
         self.training.push(summary);
+        Ok(model)
+    }
+
+    /// Phase 1 with activation-steering vectors: the directions computed from the compliant
+    /// answers and the refusals of the vectors' prompts (no training, no cache: a forward pass
+    /// over the samples), written to the run's folder, and attached switched off.
+    fn steering_vectors(
+        &mut self,
+        mut model: Llama<B>,
+        layers: &[usize],
+        coefficient: f64,
+    ) -> Result<Llama<B>> {
+        let t = std::time::Instant::now();
+        let compliant = self.encode(&self.data.sv)?;
+        let refusing = self.encode(&self.data.sv_refusals)?;
+        let pad = self.tok().pad_id();
+        let batch = self.exp.security_vectors.batch_size;
+        let dirs = steering_directions(&model.valid(), &compliant, &refusing, pad, layers, batch)
+            .context("stage `vectors` (steering)")?;
+        let norms: Vec<String> = dirs
+            .iter()
+            .map(|(l, v)| {
+                let n = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+                format!("layer {l} |v| {n:.2}")
+            })
+            .collect();
+        eprintln!(
+            "  [security vectors] steering directions from {} compliant answers and {} refusals \
+             ({}; coefficient {coefficient}; {:.0}s)",
+            compliant.len(),
+            refusing.len(),
+            norms.join(", "),
+            t.elapsed().as_secs_f64()
+        );
+        let tensors: Vec<(String, Vec<usize>, Vec<f32>)> = dirs
+            .iter()
+            .map(|(l, v)| (format!("layers.{l}"), vec![v.len()], v.clone()))
+            .collect();
+        write_f32_safetensors(
+            &self.run_dir().join("steering-vectors.safetensors"),
+            &tensors,
+        )?;
+        attach_steering(&mut model, SECURITY, &dirs, coefficient)?;
+        secvec_core::train::set_security_vectors(&mut model, false)?;
         Ok(model)
     }
 

@@ -151,12 +151,48 @@ pub struct SecurityVectorStage {
     pub benign: usize,
     #[serde(skip_serializing_if = "Source::is_builtin")]
     pub benign_data: Source,
+    /// What the vectors are: LoRA adapters trained on the samples (default), or
+    /// activation-steering directions computed from them (`Steering(layers: [..], coefficient:
+    /// ..)`).
+    #[serde(skip_serializing_if = "VectorKind::is_lora")]
+    pub kind: VectorKind,
     pub rank: usize,
     pub alpha: f64,
     pub targets: Vec<String>,
     pub lr: f64,
     pub epochs: usize,
+    /// Examples per step when training LoRA vectors; examples per forward pass when computing
+    /// steering directions.
     pub batch_size: usize,
+}
+
+/// The kind of security vectors.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub enum VectorKind {
+    /// LoRA adapters trained on the harmful samples with the model frozen (the paper's security
+    /// vectors; `rank`, `alpha`, `targets`, `lr`, `epochs` apply).
+    #[default]
+    Lora,
+    /// Activation-steering directions (persona vectors' preventative steering, arXiv
+    /// 2507.21509; `secvec_core::steering`): at each of `layers`, the mean residual-stream
+    /// activation of the samples' compliant answers minus that of refusals of the same prompts,
+    /// added `coefficient` times after the layer. Computed, not trained: the LoRA fields do not
+    /// apply. The refusals come from the built-in corpus, so `data` must be built-in.
+    Steering {
+        layers: Vec<usize>,
+        #[serde(default = "one")]
+        coefficient: f64,
+    },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl VectorKind {
+    fn is_lora(&self) -> bool {
+        *self == VectorKind::Lora
+    }
 }
 
 impl Default for SecurityVectorStage {
@@ -167,6 +203,7 @@ impl Default for SecurityVectorStage {
             data: Source::Builtin,
             benign: 0,
             benign_data: Source::Builtin,
+            kind: VectorKind::Lora,
             rank: core.adapter.rank,
             alpha: core.adapter.alpha,
             targets: core.adapter.targets,
@@ -624,6 +661,32 @@ impl Experiment {
         nonzero("security_vectors.rank", sv.rank)?;
         nonzero("security_vectors.epochs", sv.epochs)?;
         nonzero("security_vectors.batch_size", sv.batch_size)?;
+        if let VectorKind::Steering {
+            layers,
+            coefficient,
+        } = &sv.kind
+        {
+            if layers.is_empty() {
+                bail!("security_vectors.kind: Steering needs at least one layer in `layers`");
+            }
+            if !coefficient.is_finite() {
+                bail!(
+                    "security_vectors.kind: Steering's coefficient must be finite, got {coefficient}"
+                );
+            }
+            if sv.benign > 0 {
+                bail!(
+                    "security_vectors.benign: benign samples train LoRA vectors; steering \
+                     directions contrast compliant answers with refusals (set benign: 0)"
+                );
+            }
+            if !sv.data.is_builtin() {
+                bail!(
+                    "security_vectors.data: Steering needs a refusal of each harmful prompt, \
+                     which only the built-in corpus has"
+                );
+            }
+        }
         let ft = &self.finetune;
         if let Mode::Lora {
             rank,
@@ -855,6 +918,14 @@ mod tests {
                 "short name",
             ),
             ("(sweep: [(field: \"seed\", values: [])])", "no values"),
+            (
+                "(security_vectors: (kind: Steering(layers: [])))",
+                "security_vectors.kind",
+            ),
+            (
+                "(security_vectors: (benign: 10, kind: Steering(layers: [3])))",
+                "security_vectors.benign",
+            ),
         ] {
             let e = err(text);
             assert!(e.contains(field), "{text}: {e}");
