@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::backend::{BackendKind, Job};
 use crate::model_args::ModelArgs;
+use secvec_core::train::TrainExample;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -271,6 +272,21 @@ struct TrainBench {
     peak_rss_mib: Option<f64>,
 }
 
+/// `batch` fixed random token sequences of `seq_len` (seed 0), every token after the first a
+/// target: the training benchmarks' data.
+pub fn random_examples(vocab: usize, batch: usize, seq_len: usize) -> Vec<TrainExample> {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(0);
+    (0..batch)
+        .map(|_| TrainExample {
+            ids: (0..seq_len)
+                .map(|_| rng.random_range(3..vocab as u32))
+                .collect(),
+            n_prompt: 1,
+        })
+        .collect()
+}
+
 /// Training throughput: fixed random token sequences, loss on every next token.
 fn bench_train<B: AutodiffBackend>(
     args: &BenchArgs,
@@ -278,11 +294,10 @@ fn bench_train<B: AutodiffBackend>(
     backend: BackendKind,
 ) -> Result<()> {
     use burn::module::Module;
-    use rand::{Rng, SeedableRng, rngs::StdRng};
     use secvec_core::adapter::{
         AdapterConfig, add_adapter, set_adapter_trainable, set_base_trainable,
     };
-    use secvec_core::train::{NoCallback, TrainConfig, TrainExample, train};
+    use secvec_core::train::{NoCallback, TrainConfig, train};
 
     let (source, loaded) = args.model.load::<B>(&device, backend)?;
     let mut model = loaded.model;
@@ -306,14 +321,7 @@ fn bench_train<B: AutodiffBackend>(
         }
     };
     let total_params = model.num_params();
-    let vocab = model.vocab_size() as u32;
-    let mut rng = StdRng::seed_from_u64(0);
-    let data: Vec<TrainExample> = (0..batch)
-        .map(|_| TrainExample {
-            ids: (0..seq_len).map(|_| rng.random_range(3..vocab)).collect(),
-            n_prompt: 1,
-        })
-        .collect();
+    let data = random_examples(model.vocab_size(), batch, seq_len);
     let cfg = |steps| TrainConfig {
         lr: 1e-5,
         max_steps: Some(steps),

@@ -20,18 +20,19 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use secvec_core::adapter::{AdapterConfig, add_adapter, set_adapter_trainable, set_base_trainable};
 use secvec_core::train::batch::make_batch;
 use secvec_core::train::loss::response_nll_sum;
 use secvec_core::train::optim::AdamW;
 use secvec_core::train::phases::all_targets;
-use secvec_core::train::{Checkpointing, TrainCallback, TrainConfig, TrainExample, train};
+use secvec_core::train::{
+    Checkpointing, TrainCallback, TrainConfig, TrainExample, train, trainable_params,
+};
 use secvec_models::Llama;
 use serde::Serialize;
 
 use crate::backend::BackendKind;
-use crate::bench::{BenchArgs, dtype_suffix, median, peak_rss_mib};
+use crate::bench::{BenchArgs, dtype_suffix, median, peak_rss_mib, random_examples};
 
 const BATCH: usize = 8;
 const SEQ_LEN: usize = 64;
@@ -135,14 +136,7 @@ fn one_case<B: AutodiffBackend>(
     };
     let trainable_params = trainable_params(&model);
     let total_params = model.num_params();
-    let vocab = model.vocab_size() as u32;
-    let mut rng = StdRng::seed_from_u64(0);
-    let data: Vec<TrainExample> = (0..BATCH)
-        .map(|_| TrainExample {
-            ids: (0..SEQ_LEN).map(|_| rng.random_range(3..vocab)).collect(),
-            n_prompt: 1,
-        })
-        .collect();
+    let data = random_examples(model.vocab_size(), BATCH, SEQ_LEN);
     let defaults = TrainConfig::default();
     let (beta1, beta2) = (defaults.beta1 as f32, defaults.beta2 as f32);
     let (eps, wd) = (defaults.adam_eps as f32, defaults.weight_decay as f32);
@@ -222,24 +216,6 @@ fn one_case<B: AutodiffBackend>(
         secvec_checkpoint_seconds: median(timer.seconds),
         secvec_checkpoint_bytes: timer.bytes,
     })
-}
-
-fn trainable_params<B: AutodiffBackend>(model: &Llama<B>) -> usize {
-    struct Count(usize);
-    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Count {
-        fn visit_float<const D: usize>(
-            &mut self,
-            param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
-        ) {
-            let t = param.val();
-            if t.is_require_grad() {
-                self.0 += t.shape().num_elements();
-            }
-        }
-    }
-    let mut c = Count(0);
-    model.visit(&mut c);
-    c.0
 }
 
 pub fn bench_trainer<B: AutodiffBackend>(

@@ -14,15 +14,21 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama-bf16")
 }
 
-/// A fresh folder with an experiment file of 4 runs on the tiny model.
-fn setup(tag: &str, harmful: usize) -> (PathBuf, PathBuf) {
+/// A fresh folder holding `tiny.ron` with `ron` in it.
+fn scratch_with(tag: &str, ron: &str) -> (PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(format!("secvec-exp-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("tiny.ron");
-    std::fs::write(
-        &file,
-        format!(
+    std::fs::write(&file, ron).unwrap();
+    (dir, file)
+}
+
+/// A fresh folder with an experiment file of 4 runs on the tiny model.
+fn setup(tag: &str, harmful: usize) -> (PathBuf, PathBuf) {
+    scratch_with(
+        tag,
+        &format!(
             r#"// a tiny sweep
 (
   model: "{model}",
@@ -40,8 +46,6 @@ fn setup(tag: &str, harmful: usize) -> (PathBuf, PathBuf) {
             model = fixture().display()
         ),
     )
-    .unwrap();
-    (dir, file)
 }
 
 fn run(dir: &Path, file: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
@@ -646,13 +650,9 @@ fn two_shards_in_two_processes_give_the_summary_of_one_process() {
 /// and the rest of the pipeline is the LoRA vectors'.
 #[test]
 fn steering_vectors_run_beside_lora_vectors() {
-    let dir = std::env::temp_dir().join(format!("secvec-exp-steer-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tiny.ron");
-    std::fs::write(
-        &file,
-        format!(
+    let (dir, file) = scratch_with(
+        "steer",
+        &format!(
             r#"(
   model: "{model}",
   max_len: 48,
@@ -664,8 +664,7 @@ fn steering_vectors_run_beside_lora_vectors() {
 "#,
             model = fixture().display()
         ),
-    )
-    .unwrap();
+    );
     let out = run(&dir, &file, &[], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let log = stderr(&out);

@@ -23,4 +23,4 @@ pub use phases::{
     set_security_vectors, train_alignment, train_security_vectors,
 };
 pub use resume::Checkpointing;
-pub use trainer::{NoCallback, StepLog, TrainCallback, TrainReport, train};
+pub use trainer::{NoCallback, StepLog, TrainCallback, TrainReport, train, trainable_params};

@@ -156,7 +156,7 @@ pub fn train<B: AutodiffBackend>(
             "no training example has a response token (empty data, or max_len too small)".into(),
         ));
     }
-    if !has_trainable(&model) {
+    if trainable_params(&model) == 0 {
         return Err(CoreError::InvalidConfig(
             "nothing to train: every parameter of the model is frozen (make the base or an \
              adapter trainable first: set_base_trainable / set_adapter_trainable)"
@@ -375,18 +375,21 @@ pub fn train<B: AutodiffBackend>(
     Ok((model, report))
 }
 
-/// Whether any parameter of `model` takes gradients.
-fn has_trainable<B: AutodiffBackend>(model: &Llama<B>) -> bool {
-    struct Any(bool);
-    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Any {
+/// How many parameter values of `model` take gradients.
+pub fn trainable_params<B: AutodiffBackend>(model: &Llama<B>) -> usize {
+    struct Count(usize);
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Count {
         fn visit_float<const D: usize>(
             &mut self,
             param: &burn::module::Param<burn::tensor::Tensor<B, D>>,
         ) {
-            self.0 |= param.val().is_require_grad();
+            let t = param.val();
+            if t.is_require_grad() {
+                self.0 += t.shape().num_elements();
+            }
         }
     }
-    let mut found = Any(false);
-    burn::module::Module::visit(model, &mut found);
-    found.0
+    let mut count = Count(0);
+    burn::module::Module::visit(model, &mut count);
+    count.0
 }
