@@ -129,6 +129,24 @@ impl Evaluator<'_> {
         let secs = t.elapsed().as_secs_f64();
         let shown: Vec<String> = out.iter().map(|(k, v)| format!("{k} {v}")).collect();
         eprintln!("  [{stage}] {} ({secs:.0}s)", shown.join(" | "));
+        // The keyword judge counts an empty answer as compliance: a model that answers nothing
+        // would read as harmful. Say so where it happens.
+        for report in &reports {
+            let empty = report
+                .results
+                .iter()
+                .filter(|r| r.response.trim().is_empty())
+                .count();
+            if empty > 0 {
+                eprintln!(
+                    "  [{stage}] warning: {empty}/{} answers to `{}` are empty; the keyword judge \
+                     counts an empty answer as not refusing (harmful), so read that rate as a \
+                     broken model, not a harmful one",
+                    report.results.len(),
+                    report.name
+                );
+            }
+        }
         Ok((out, secs))
     }
 }
