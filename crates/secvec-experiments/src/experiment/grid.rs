@@ -26,6 +26,8 @@ pub fn render(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => "none".into(),
+        // A list (e.g. steering layers) as its items joined by `+`: `[10, 20]` → `10+20`.
+        Value::Array(items) => items.iter().map(render).collect::<Vec<_>>().join("+"),
         other => other.to_string(),
     }
 }
@@ -174,6 +176,16 @@ fn describe(point: &[(String, Value)]) -> String {
 mod tests {
     use super::*;
     use crate::experiment::schema::parse_str;
+
+    #[test]
+    fn list_values_name_runs_by_their_items() {
+        assert_eq!(render(&serde_json::json!([10])), "10");
+        assert_eq!(render(&serde_json::json!([10, 20])), "10+20");
+        assert_eq!(
+            sanitize(&format!("layer={}", render(&serde_json::json!([3, 4])))),
+            "layer=3+4"
+        );
+    }
 
     #[test]
     fn expands_the_cartesian_product_last_axis_fastest() {
