@@ -208,7 +208,12 @@ fn sweep_writes_runs_tables_and_plots_and_dry_run_lists_state() {
     let of_worst = active.iter().find(|a| a.0 == worst_run).map(|a| a.1);
     assert_eq!(of_worst, Some(highest), "{row}\n{csv}");
     for axis in ["sv", "attack_lr"] {
-        for metric in ["harmful_rate", "skill_accuracy"] {
+        for metric in [
+            "harmful_rate",
+            "over_refusal",
+            "benign_accuracy",
+            "skill_accuracy",
+        ] {
             let svg =
                 std::fs::read_to_string(exp.join(format!("plot-{axis}-{metric}.svg"))).unwrap();
             assert!(

@@ -316,12 +316,21 @@ fn pooled(runs: &[RunMetrics], advbench: bool) -> String {
     md
 }
 
-/// One SVG per swept axis and metric: the metric against the axis value, one line per arm (and per
+/// One SVG per swept axis and metric (harmful rate, AdvBench harmful rate, over-refusal, benign
+/// and skill accuracy, those the runs have): the metric against the axis value, one line per arm (and per
 /// combination of the other axes), with 95% intervals as vertical bars.
 pub fn plots(dir: &Path, exp: &Experiment, runs: &[RunMetrics]) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for (ai, axis) in exp.sweep.iter().enumerate() {
-        for metric in ["harmful_rate", "skill_accuracy"] {
+        // Every metric the runs report: harm and each kind of utility (a run without a metric,
+        // e.g. no AdvBench, simply has no point on its plot; a metric no run has, no plot).
+        for metric in [
+            "harmful_rate",
+            ADVBENCH_HARMFUL_RATE,
+            "over_refusal",
+            "benign_accuracy",
+            "skill_accuracy",
+        ] {
             // series label → points (axis index, rate)
             let mut series: BTreeMap<String, Vec<(usize, Rate)>> = BTreeMap::new();
             for run in runs {
