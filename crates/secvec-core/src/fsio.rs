@@ -11,15 +11,24 @@ use crate::error::{CoreError, Result};
 /// and the temporary file is renamed over `path`; the folder is then synced so that the rename
 /// itself survives a crash (best effort: not every platform can sync a folder).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_atomic(path, |tmp| {
+        let mut f = std::fs::File::create(tmp).map_err(|e| CoreError::io(tmp, e))?;
+        f.write_all(bytes).map_err(|e| CoreError::io(tmp, e))
+    })
+}
+
+/// [`write_atomic`] for a writer that produces the file itself (streamed, e.g. a large
+/// safetensors file never held in memory whole): `write` creates `<path>.tmp`; it is then
+/// synced, renamed over `path`, and the folder synced.
+pub fn replace_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| CoreError::io(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
+    write(&tmp)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
         .map_err(|e| CoreError::io(&tmp, e))?;
-    drop(f);
     std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && let Ok(d) = std::fs::File::open(dir)

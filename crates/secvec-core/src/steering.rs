@@ -21,6 +21,7 @@ use secvec_models::attention::build_attention_mask;
 use secvec_models::transformer::int_tensor;
 use secvec_models::{Llama, SteeringVector};
 
+use crate::checkpoint::host;
 use crate::error::{CoreError, Result};
 use crate::train::TrainExample;
 
@@ -84,12 +85,7 @@ pub fn mean_response_activations<B: Backend>(
                 .reshape([chunk.len() * len, d])
                 .select(0, rows.clone())
                 .sum_dim(0);
-            let values = summed
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .expect("f32 after convert");
-            for (s, v) in sums[k].iter_mut().zip(values) {
+            for (s, v) in sums[k].iter_mut().zip(host(summed)) {
                 *s += v as f64;
             }
         }
@@ -213,14 +209,7 @@ pub fn remove_steering<B: Backend>(
         layer.steering = kept;
         for s in gone {
             coefficient = s.coefficient;
-            let values = s
-                .vector
-                .val()
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .expect("f32 after convert");
-            out.push((l, values));
+            out.push((l, host(s.vector.val())));
         }
     }
     if out.is_empty() {

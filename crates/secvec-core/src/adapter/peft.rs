@@ -17,8 +17,9 @@ use secvec_models::{Llama, LoraAdapter, ProjectionId, ProjectionKind};
 
 use super::config::AdapterConfig;
 use super::layer::adapter_names;
+use crate::checkpoint::host;
 use crate::error::{CoreError, Result};
-use crate::fsio::write_atomic;
+use crate::fsio::{replace_atomic, write_atomic};
 
 /// A tensor on the host: values and shape.
 type HostTensor = (Vec<f32>, Vec<usize>);
@@ -246,13 +247,6 @@ pub fn load_peft_adapter<B: Backend>(
     Ok(config)
 }
 
-fn to_host<B: Backend>(t: Tensor<B, 2>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec()
-        .expect("f32 after convert")
-}
-
 /// Writes adapter `name` of the model as a PEFT adapter directory. `base_model` is recorded as
 /// `base_model_name_or_path`.
 pub fn save_peft_adapter<B: Backend>(
@@ -270,8 +264,8 @@ pub fn save_peft_adapter<B: Backend>(
         let (d_in, r) = (a.a.dims()[0], a.a.dims()[1]);
         let d_out = a.b.dims()[1];
         // Stored transposed: lora_A [r, d_in], lora_B [d_out, r].
-        let a_t = transpose(&to_host(a.a.val()), d_in, r);
-        let b_t = transpose(&to_host(a.b.val()), r, d_out);
+        let a_t = transpose(&host(a.a.val()), d_in, r);
+        let b_t = transpose(&host(a.b.val()), r, d_out);
         tensors.push((peft_key(id, "lora_A"), vec![r, d_in], a_t));
         tensors.push((peft_key(id, "lora_B"), vec![d_out, r], b_t));
     }
@@ -343,16 +337,7 @@ pub fn write_f32_safetensors(
         "format".to_string(),
         "pt".to_string(),
     )]));
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, metadata, &tmp).map_err(err)?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| CoreError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| CoreError::io(path, e))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    replace_atomic(path, |tmp| {
+        safetensors::serialize_to_file(views, metadata, tmp).map_err(err)
+    })
 }
