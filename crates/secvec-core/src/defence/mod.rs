@@ -3,11 +3,15 @@
 //! user supplies the fine-tuning data, of which some share is harmful (the protocol of Vaccine,
 //! Lisa and Booster: n samples, a harmful fraction p; harmful rate and fine-tune accuracy).
 //!
-//! - [`safe_instr`]: refusal demonstrations mixed into the user's data (SafeInstr).
+//! - [`safe_instr`]: refusal demonstrations mixed into the user's data (SafeInstr);
+//! - [`lisa`]: fine-tuning that alternates with steps on the defender's alignment data, each
+//!   state pulled towards where the other left the weights (Lisa).
 //!
 //! Security vectors themselves live in [`crate::train::phases`] (made in phase 1, active and
 //! frozen during the fine-tuning of phase 2).
 
+pub mod lisa;
 pub mod safe_instr;
 
+pub use lisa::{LisaConfig, finetune_lisa};
 pub use safe_instr::mix_in_safety_data;

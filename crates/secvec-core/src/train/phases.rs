@@ -19,11 +19,12 @@ use secvec_models::Llama;
 
 use super::batch::TrainExample;
 use super::config::{Schedule, TrainConfig};
-use super::trainer::{TrainCallback, TrainReport, train};
+use super::trainer::{TrainCallback, TrainReport, train, train_with};
 use crate::adapter::{
     ALIGN, AdapterConfig, SECURITY, TASK, adapter_names, add_adapter, set_adapter_active,
     set_adapter_trainable, set_base_trainable,
 };
+use crate::defence::lisa::BiState;
 use crate::error::{CoreError, Result};
 use crate::steering::{set_steering_active, steering_names};
 
@@ -253,10 +254,23 @@ fn train_only<B: AutodiffBackend>(
 /// the base weights or a `task` LoRA. Returns the model with the vectors **off**, ready for
 /// inference (phase 3).
 pub fn finetune<B: AutodiffBackend>(
+    model: Llama<B>,
+    data: &[TrainExample],
+    pad_id: u32,
+    cfg: &FinetuneConfig,
+    callback: &mut dyn TrainCallback<B>,
+) -> Result<(Llama<B>, TrainReport)> {
+    finetune_with(model, data, pad_id, cfg, None, callback)
+}
+
+/// [`finetune`], under Lisa's bi-state optimization when `bi` is given
+/// ([`crate::defence::lisa::finetune_lisa`]).
+pub(crate) fn finetune_with<B: AutodiffBackend>(
     mut model: Llama<B>,
     data: &[TrainExample],
     pad_id: u32,
     cfg: &FinetuneConfig,
+    bi: Option<&BiState<'_>>,
     callback: &mut dyn TrainCallback<B>,
 ) -> Result<(Llama<B>, TrainReport)> {
     let has_vectors = has_security_vectors(&model);
@@ -281,7 +295,7 @@ pub fn finetune<B: AutodiffBackend>(
             set_adapter_trainable(&mut model, TASK, true)?;
         }
     }
-    let (mut model, report) = train(model, data, pad_id, &cfg.train, callback)?;
+    let (mut model, report) = train_with(model, data, pad_id, &cfg.train, bi, callback)?;
     freeze_all(&mut model)?;
     if has_vectors {
         set_security_vectors(&mut model, false)?;

@@ -79,7 +79,15 @@ fn err(path: &Path, cause: impl std::fmt::Display) -> CoreError {
 }
 
 /// What identifies a training run: its configuration, its number of steps and its examples.
-pub(crate) fn fingerprint(cfg: &TrainConfig, total: usize, examples: &[&TrainExample]) -> String {
+///
+/// `salt` describes what else shapes the run (Lisa's settings); empty for plain training, which
+/// keeps the fingerprints of existing checkpoints.
+pub(crate) fn fingerprint(
+    cfg: &TrainConfig,
+    total: usize,
+    examples: &[&TrainExample],
+    salt: &str,
+) -> String {
     // FNV-1a over the configuration's JSON and every token id: cheap, and any change shows.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
@@ -95,6 +103,7 @@ pub(crate) fn fingerprint(cfg: &TrainConfig, total: usize, examples: &[&TrainExa
     };
     eat(serde_json::to_string(&cfg).unwrap_or_default().as_bytes());
     eat(&total.to_le_bytes());
+    eat(salt.as_bytes());
     for e in examples {
         eat(&e.n_prompt.to_le_bytes());
         for id in &e.ids {

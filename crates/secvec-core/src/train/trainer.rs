@@ -18,7 +18,12 @@ use super::config::{LossScaleConfig, TrainConfig};
 use super::loss::response_nll_sum;
 use super::optim::{AdamW, global_grad_norm};
 use super::resume::{self, TrainState};
+use crate::defence::lisa::{self, BiState};
 use crate::error::{CoreError, Result};
+
+/// Offset of the alignment data's shuffle seed from the run's (Lisa), so that its order is not
+/// the user's data's.
+const GUIDE_SEED_OFFSET: u64 = 0x115a_0b57;
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +45,13 @@ pub struct StepLog {
     /// learning-rate schedule still advances, as with PyTorch's `GradScaler`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// Lisa only: this step trained on the defender's alignment data, not the user's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aligning: bool,
+    /// Lisa only: the squared drift `‖w − w̃‖²` from the last switch of state, when this step's
+    /// loss carried the proximal term `ρ/2 · ‖w − w̃‖²` (not included in `loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<f64>,
 }
 
 /// Summary of a training run.
@@ -124,33 +136,63 @@ impl LossScaler {
 /// Trains the parameters of `model` that require gradients on `examples`. Frozen parameters
 /// (`require_grad = false`) get no gradient and stay bit-identical.
 pub fn train<B: AutodiffBackend>(
-    mut model: Llama<B>,
+    model: Llama<B>,
     examples: &[TrainExample],
     pad_id: u32,
     cfg: &TrainConfig,
     callback: &mut dyn TrainCallback<B>,
 ) -> Result<(Llama<B>, TrainReport)> {
-    cfg.validate().map_err(CoreError::InvalidConfig)?;
-    // Sequences longer than `max_len` lose their end (usually encoded to fit already, by
-    // `encode_pairs`); an example left without a response token is not trained on.
-    let fitted: Vec<Cow<'_, TrainExample>> = examples
+    train_with(model, examples, pad_id, cfg, None, callback)
+}
+
+/// Sequences longer than `max_len` lose their end (usually encoded to fit already, by
+/// `encode_pairs`).
+fn fit(examples: &[TrainExample], max_len: usize) -> Vec<Cow<'_, TrainExample>> {
+    examples
         .iter()
         .map(|e| {
-            if e.ids.len() <= cfg.max_len {
+            if e.ids.len() <= max_len {
                 Cow::Borrowed(e)
             } else {
                 Cow::Owned(TrainExample {
-                    ids: e.ids[..cfg.max_len].to_vec(),
-                    n_prompt: e.n_prompt.min(cfg.max_len),
+                    ids: e.ids[..max_len].to_vec(),
+                    n_prompt: e.n_prompt.min(max_len),
                 })
             }
         })
-        .collect();
+        .collect()
+}
+
+/// [`train`], or with `bi` Lisa's bi-state optimization ([`crate::defence::lisa`]): steps on
+/// the alignment data replace steps on `examples` in cycles, and after the first part of the run
+/// every step's loss carries the proximal term.
+pub(crate) fn train_with<B: AutodiffBackend>(
+    mut model: Llama<B>,
+    examples: &[TrainExample],
+    pad_id: u32,
+    cfg: &TrainConfig,
+    bi: Option<&BiState<'_>>,
+    callback: &mut dyn TrainCallback<B>,
+) -> Result<(Llama<B>, TrainReport)> {
+    cfg.validate().map_err(CoreError::InvalidConfig)?;
+    // An example left without a response token is not trained on.
+    let fitted = fit(examples, cfg.max_len);
     let usable: Vec<&TrainExample> = fitted
         .iter()
         .map(|e| e.as_ref())
         .filter(|e| e.n_target() > 0)
         .collect();
+    let fitted_guide = bi.map(|b| fit(b.guide, cfg.max_len)).unwrap_or_default();
+    let guide: Vec<&TrainExample> = fitted_guide
+        .iter()
+        .map(|e| e.as_ref())
+        .filter(|e| e.n_target() > 0)
+        .collect();
+    if bi.is_some() && guide.is_empty() {
+        return Err(CoreError::InvalidConfig(
+            "lisa: no alignment example has a response token (max_len too small?)".into(),
+        ));
+    }
     if usable.is_empty() {
         return Err(CoreError::InvalidConfig(
             "no training example has a response token (empty data, or max_len too small)".into(),
@@ -208,10 +250,39 @@ pub fn train<B: AutodiffBackend>(
         }
         epoch += 1;
     }
+    // Lisa: the alignment state's steps take their batches from the alignment data instead,
+    // shuffled afresh each time it has all been used (a seed of its own).
+    let mut aligning = vec![false; total];
+    if let Some(b) = bi {
+        let mut rng = StdRng::seed_from_u64(cfg.seed ^ GUIDE_SEED_OFFSET);
+        let mut order: Vec<usize> = Vec::new();
+        for (step, (_, chunk)) in plan.iter_mut().enumerate() {
+            if !b.cfg.aligning(step) {
+                continue;
+            }
+            aligning[step] = true;
+            let mut batch = Vec::with_capacity(per_step);
+            while batch.len() < per_step {
+                if order.is_empty() {
+                    order = (0..guide.len()).collect();
+                    order.shuffle(&mut rng);
+                }
+                batch.push(guide[order.pop().expect("refilled")]);
+            }
+            *chunk = batch;
+        }
+    }
 
     // A saved state of this very run (same configuration, steps and examples): continue after
     // its last step.
-    let fingerprint = resume::fingerprint(cfg, total, &usable);
+    let fingerprint = match bi {
+        None => resume::fingerprint(cfg, total, &usable, ""),
+        Some(b) => {
+            let all: Vec<&TrainExample> = usable.iter().chain(&guide).copied().collect();
+            let salt = serde_json::to_string(b.cfg).unwrap_or_default();
+            resume::fingerprint(cfg, total, &all, &format!("lisa {salt} {}", guide.len()))
+        }
+    };
     let mut report = TrainReport::default();
     let mut done = 0;
     let mut seconds_before = 0.0;
@@ -235,8 +306,22 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     let started = Instant::now();
+    // Lisa's `w̃`: the trainable weights at the last switch of state (or at the start; a resumed
+    // run starts at a switch, where its checkpoint was saved).
+    let mut anchor = bi.map(|_| lisa::snapshot(&model));
+    let mut last_save = done;
     for (step, (epoch, chunk)) in plan.into_iter().enumerate().skip(done) {
         let step_start = Instant::now();
+        let mut drift = None;
+        let proximal = match (bi, anchor.as_mut()) {
+            (Some(b), Some(anchor)) => {
+                if b.cfg.switches_at(step) {
+                    *anchor = lisa::snapshot(&model);
+                }
+                b.cfg.proximal_at(step, total).then_some((b.cfg.rho, &*anchor))
+            }
+            _ => None,
+        };
         let n_targets: usize = chunk.iter().map(|e| e.n_target()).sum();
         let mut accumulator = GradientsAccumulator::<Llama<B>>::new();
         let mut single = None;
@@ -249,12 +334,20 @@ pub fn train<B: AutodiffBackend>(
             let nll = response_nll_sum(&model, &batch);
             // Token-weighted: every trained token of the step counts the same, whatever its
             // micro-batch.
-            let loss = nll.div_scalar(n_targets as f64);
+            let mut loss = nll.div_scalar(n_targets as f64);
+            loss_sum += loss.clone().inner().into_scalar().elem::<f64>();
+            // Lisa's proximal term, once per step (with the first micro-batch).
+            if let Some((rho, anchor)) = proximal
+                && drift.is_none()
+                && let Some(d) = lisa::squared_drift(&model, anchor)
+            {
+                drift = Some(d.clone().inner().into_scalar().elem::<f64>());
+                loss = loss + d.mul_scalar(rho / 2.0);
+            }
             let grads = match &scaler {
-                Some(s) => loss.clone().mul_scalar(s.scale).backward(),
+                Some(s) => loss.mul_scalar(s.scale).backward(),
                 None => loss.backward(),
             };
-            loss_sum += loss.inner().into_scalar().elem::<f64>();
             let grads = GradientsParams::from_grads(grads, &model);
             if micro_batches == 1 {
                 single = Some(grads);
@@ -315,6 +408,8 @@ pub fn train<B: AutodiffBackend>(
             seconds: step_start.elapsed().as_secs_f64(),
             loss_scale,
             skipped,
+            aligning: aligning[step],
+            drift,
         };
         report.tokens += tokens;
         let elapsed = seconds_before + started.elapsed().as_secs_f64();
@@ -342,11 +437,18 @@ pub fn train<B: AutodiffBackend>(
         }
         callback.on_step(&log);
         report.steps.push(log);
+        // Under Lisa only where the state switches (there `w̃` is the saved weights), at least
+        // `every` steps apart.
+        let save_due = |every: usize| match bi {
+            None => (step + 1) % every == 0,
+            Some(b) => b.cfg.switches_at(step + 1) && step + 1 - last_save >= every,
+        };
         if let Some(ck) = &cfg.checkpoint
             && ck.every > 0
-            && (step + 1) % ck.every == 0
             && step + 1 < total
+            && save_due(ck.every)
         {
+            last_save = step + 1;
             report.seconds = seconds_before + started.elapsed().as_secs_f64();
             let state = TrainState {
                 fingerprint: fingerprint.clone(),

@@ -575,3 +575,239 @@ fn training_a_fully_frozen_model_is_an_error() {
     let err = train(model, &data, pad, &cfg, &mut NoCallback).unwrap_err();
     assert!(err.to_string().contains("nothing to train"), "{err}");
 }
+
+/// The task LoRA's weights, flattened in a fixed order.
+fn task_weights(model: &Llama<B>) -> Vec<f32> {
+    model
+        .projection_ids()
+        .into_iter()
+        .flat_map(|id| {
+            let a = model.projection(id).adapter(TASK).unwrap();
+            [host(a.a.val()), host(a.b.val())]
+        })
+        .flatten()
+        .collect()
+}
+
+fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum()
+}
+
+/// Records the task LoRA's weights after every step (`eval_every: 1`).
+struct Weights(Vec<Vec<f32>>);
+impl secvec_core::train::TrainCallback<B> for Weights {
+    fn on_eval(&mut self, _: usize, model: &Llama<B>) -> secvec_core::Result<()> {
+        self.0.push(task_weights(model));
+        Ok(())
+    }
+}
+
+fn lisa_finetune_config(steps: usize) -> FinetuneConfig {
+    FinetuneConfig {
+        mode: FinetuneMode::Lora(AdapterConfig {
+            targets: secvec_core::train::phases::all_targets(),
+            seed: 11,
+            ..AdapterConfig::default()
+        }),
+        security_vectors: SecurityVectors::Off,
+        train: TrainConfig {
+            max_steps: Some(steps),
+            eval_every: Some(1),
+            ..quick(1e-2, 3)
+        },
+    }
+}
+
+/// Lisa (Huang et al., NeurIPS 2024): steps on the alignment data replace steps on the user's in
+/// cycles (alignment first), and from the second step on every loss carries `ρ/2 · ‖w − w̃‖²` with
+/// `w̃` the weights at the last switch of state: the logged drift is that distance, recomputed here
+/// from the weights after every step, and a large ρ keeps the weights near `w̃`.
+#[test]
+fn lisa_alternates_with_alignment_data_and_pulls_towards_the_last_switch() {
+    use secvec_core::defence::{LisaConfig, finetune_lisa};
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let user = encode(&m, &benign_pairs());
+    // The alignment data: refusals of the harmful requests, every one longer than any user
+    // example, so that the steps' token counts tell which data they trained on.
+    let guide: Vec<TrainExample> = encode(
+        &m,
+        &harmful_pairs(false)
+            .into_iter()
+            .map(|p| {
+                TextPair::new(
+                    p.prompt,
+                    "I cannot help with that request, as it could cause harm to people.",
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    let max_user = user.iter().map(|e| e.ids.len()).max().unwrap();
+    let min_guide = guide.iter().map(|e| e.ids.len()).min().unwrap();
+    assert!(min_guide > max_user, "{min_guide} vs {max_user}");
+    let lisa = |rho| LisaConfig {
+        align_steps: 2,
+        finetune_steps: 3,
+        rho,
+        // Of 12 steps: the term from step 1 on (0.05 · 12 = 0.6).
+        proximal_after: 0.05,
+    };
+    let cfg = lisa_finetune_config(12);
+    let run = |rho| {
+        let mut w = Weights(Vec::new());
+        let (model, report) =
+            finetune_lisa(m.model.clone(), &user, &guide, pad, &cfg, &lisa(rho), &mut w).unwrap();
+        (model, report, w.0)
+    };
+    // The weights before the first step: the same adapter, freshly added.
+    let start = {
+        let mut model = m.model.clone();
+        let FinetuneMode::Lora(a) = &cfg.mode else {
+            unreachable!()
+        };
+        adapter::add_adapter(&mut model, TASK, a).unwrap();
+        task_weights(&model)
+    };
+
+    let (_, report, after) = run(1.0);
+    assert_eq!(report.steps.len(), 12);
+    let states: String = report
+        .steps
+        .iter()
+        .map(|s| if s.aligning { 'A' } else { 'F' })
+        .collect();
+    assert_eq!(states, "AAFFFAAFFFAA");
+    for s in &report.steps {
+        if s.aligning {
+            assert!(s.tokens >= 8 * min_guide, "{s:?}");
+        } else {
+            assert!(s.tokens <= 8 * max_user, "{s:?}");
+        }
+    }
+    // Step 0 is within the first 5% (no term); from step 1 the drift is ‖w − w̃‖² of the
+    // weights the step starts from.
+    assert_eq!(report.steps[0].drift, None);
+    let weights_before = |step: usize| -> &[f32] {
+        if step == 0 { &start } else { &after[step - 1] }
+    };
+    let mut anchor_step = 0;
+    for s in &report.steps[1..] {
+        if [2, 5, 7, 10].contains(&s.step) {
+            anchor_step = s.step;
+        }
+        let want = squared_distance(weights_before(s.step), weights_before(anchor_step));
+        let got = s.drift.expect("proximal term from step 1");
+        assert!(
+            (got - want).abs() <= 1e-4 * want.max(1e-6),
+            "step {}: drift {got} vs {want}",
+            s.step
+        );
+    }
+    // At a switch the drift starts again from 0.
+    assert_eq!(report.steps[2].drift, Some(0.0));
+
+    // ρ = 0 alternates without the term; a large ρ holds the weights near w̃ (the drift at the
+    // end of each state, recomputed from the weights, is much smaller).
+    let (_, free_report, free) = run(0.0);
+    assert!(free_report.steps.iter().all(|s| s.drift.is_none()));
+    let (_, _, held) = run(100.0);
+    let end_of_state_drift = |w: &[Vec<f32>]| -> f64 {
+        // The states end after steps 4 (anchor: weights before step 2) and 9 (before step 7).
+        squared_distance(&w[4], &w[1]) + squared_distance(&w[9], &w[6])
+    };
+    let (free_d, held_d) = (end_of_state_drift(&free), end_of_state_drift(&held));
+    eprintln!("drift at the ends of states: ρ=0 {free_d:.3e}, ρ=100 {held_d:.3e}");
+    assert!(held_d < 0.5 * free_d, "ρ=100: {held_d} vs ρ=0: {free_d}");
+}
+
+/// A Lisa run killed mid-way resumes from its last checkpoint (saved only where the state
+/// switches, so w̃ is the saved weights) to exactly the weights, losses and drifts of an
+/// uninterrupted run; bad settings and missing alignment data are clear errors.
+#[test]
+fn a_killed_lisa_run_resumes_to_the_same_weights() {
+    use secvec_core::defence::{LisaConfig, finetune_lisa};
+    use secvec_core::train::{Checkpointing, TrainCallback};
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let user = encode(&m, &benign_pairs());
+    let guide = encode(&m, &harmful_pairs(true));
+    let lisa = LisaConfig {
+        align_steps: 2,
+        finetune_steps: 3,
+        ..LisaConfig::default()
+    };
+    let cfg = lisa_finetune_config(9);
+    let mut w = Weights(Vec::new());
+    let (want, want_report) =
+        finetune_lisa(m.model.clone(), &user, &guide, pad, &cfg, &lisa, &mut w).unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("attacked-off.partial");
+    let mut with_checkpoints = cfg.clone();
+    with_checkpoints.train.checkpoint = Some(Checkpointing {
+        dir: dir.clone(),
+        every: 2,
+    });
+    // "Killed" after step 6: the last checkpoint is the switch before step 5.
+    struct Kill;
+    impl TrainCallback<B> for Kill {
+        fn on_eval(&mut self, step: usize, _: &Llama<B>) -> secvec_core::Result<()> {
+            if step == 6 {
+                return Err(CoreError::InvalidConfig(format!("killed at step {step}")));
+            }
+            Ok(())
+        }
+    }
+    let e = finetune_lisa(
+        m.model.clone(),
+        &user,
+        &guide,
+        pad,
+        &with_checkpoints,
+        &lisa,
+        &mut Kill,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("killed at step 6"), "{e}");
+    let state = std::fs::read_to_string(dir.join("state.json")).unwrap();
+    assert!(state.contains("\"step\":5") || state.contains("\"step\": 5"), "{state}");
+    let (got, got_report) = finetune_lisa(
+        m.model.clone(),
+        &user,
+        &guide,
+        pad,
+        &with_checkpoints,
+        &lisa,
+        &mut NoCallback,
+    )
+    .unwrap();
+    assert_eq!(task_weights(&got), task_weights(&want));
+    let trace = |r: &secvec_core::train::TrainReport| -> Vec<(f64, Option<f64>, bool)> {
+        r.steps.iter().map(|s| (s.loss, s.drift, s.aligning)).collect()
+    };
+    assert_eq!(trace(&got_report), trace(&want_report));
+    assert!(!dir.exists());
+
+    // No alignment data, or a bad setting: errors naming what is wrong.
+    let e = finetune_lisa(
+        m.model.clone(),
+        &user,
+        &[],
+        pad,
+        &cfg,
+        &lisa,
+        &mut NoCallback,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("no alignment data"), "{e}");
+    let bad = LisaConfig {
+        finetune_steps: 0,
+        ..lisa
+    };
+    let e = finetune_lisa(m.model.clone(), &user, &guide, pad, &cfg, &bad, &mut NoCallback)
+        .unwrap_err();
+    assert!(e.to_string().contains("lisa: finetune_steps"), "{e}");
+}
