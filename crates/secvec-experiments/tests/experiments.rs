@@ -713,3 +713,65 @@ fn steering_vectors_run_beside_lora_vectors() {
     assert_ne!(first_loss("off"), first_loss("active"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Lisa as the experiment's defence: the fine-tuning of each arm alternates steps on the
+/// alignment stage's data with steps on the user's, with the proximal term, and the step log
+/// says which step trained on what.
+#[test]
+fn lisa_alternates_with_the_alignment_data_in_an_experiment() {
+    let (dir, file) = scratch_with(
+        "lisa",
+        &format!(
+            r#"(
+  model: "{model}",
+  max_len: 48,
+  align: Some((refusals: 8, benign: 8, epochs: 1, batch_size: 4)),
+  security_vectors: (samples: 8, batch_size: 4),
+  finetune: (
+    harmful: 8, skill: 8, skill_facts: 4, batch_size: 4, epochs: 2,
+    lisa: Some((align_steps: 1, finetune_steps: 2, rho: 1.0)),
+  ),
+  evaluate: (samples: 8, max_new_tokens: 8, checkpoints: []),
+)
+"#,
+            model = fixture().display()
+        ),
+    );
+    let out = run(&dir, &file, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("Lisa: 1 + 2 steps per cycle, alternating with 16 alignment samples, rho 1"),
+        "{log}"
+    );
+    let runs = dir.join("results/tiny/runs");
+    let run_dir = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for arm in ["off", "active"] {
+        let steps = read_metrics(&run_dir.join(format!("train-attacked-{arm}.json")));
+        let steps = steps.as_array().unwrap();
+        // 16 samples in steps of 4, two epochs: 8 steps, every third on the alignment data.
+        let states: String = steps
+            .iter()
+            .map(|s| {
+                if s["aligning"].as_bool().unwrap_or(false) {
+                    'A'
+                } else {
+                    'F'
+                }
+            })
+            .collect();
+        assert_eq!(states, "AFFAFFAF", "{arm}");
+        // The proximal term from the second step on (after the first tenth of 8 steps).
+        assert!(steps[0].get("drift").is_none(), "{arm}");
+        assert!(
+            steps[1..].iter().all(|s| s["drift"].as_f64().is_some()),
+            "{arm}: {steps:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -72,7 +72,9 @@ impl LisaConfig {
             return Err("align_steps must be positive (0 is plain fine-tuning)".into());
         }
         if self.finetune_steps == 0 {
-            return Err("finetune_steps must be positive (0 never trains on the user's data)".into());
+            return Err(
+                "finetune_steps must be positive (0 never trains on the user's data)".into(),
+            );
         }
         if !(self.rho >= 0.0 && self.rho.is_finite()) {
             return Err(format!("rho must be finite and ≥ 0, got {}", self.rho));

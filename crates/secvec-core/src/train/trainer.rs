@@ -318,7 +318,9 @@ pub(crate) fn train_with<B: AutodiffBackend>(
                 if b.cfg.switches_at(step) {
                     *anchor = lisa::snapshot(&model);
                 }
-                b.cfg.proximal_at(step, total).then_some((b.cfg.rho, &*anchor))
+                b.cfg
+                    .proximal_at(step, total)
+                    .then_some((b.cfg.rho, &*anchor))
             }
             _ => None,
         };

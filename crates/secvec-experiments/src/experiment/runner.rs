@@ -14,12 +14,13 @@ use burn::tensor::backend::AutodiffBackend;
 use secvec_core::adapter::peft::write_f32_safetensors;
 use secvec_core::adapter::{ALIGN, SECURITY, TASK, merge_adapter, set_base_trainable};
 use secvec_core::data::Sample;
+use secvec_core::defence::finetune_lisa;
 use secvec_core::eval::judge::KeywordJudge;
 use secvec_core::eval::metrics::EvalConfig;
 use secvec_core::steering::{attach_steering, steering_directions};
 use secvec_core::train::{
-    Checkpointing, FinetuneMode, NoCallback, StepLog, TrainExample, encode_pairs, finetune,
-    train_alignment, train_security_vectors,
+    Checkpointing, FinetuneConfig, FinetuneMode, NoCallback, StepLog, TrainExample, TrainReport,
+    encode_pairs, finetune, train_alignment, train_security_vectors,
 };
 use secvec_models::{Llama, ModelSource, TextTokenizer};
 
@@ -326,6 +327,39 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
     /// The task LoRA of the `off` arm does not depend on the vectors (they are off, or absent), so
     /// it is kept in the stage cache (`attack-off/<hash>/`): runs that differ only in the vectors'
     /// settings — the ablations of their samples, learning rate and epochs — train it once.
+    /// Phase 2's training as the experiment asks: plain, or under Lisa (`finetune.lisa`)
+    /// alternating with the alignment stage's data.
+    fn tune(
+        &self,
+        model: Llama<B>,
+        examples: &[TrainExample],
+        cfg: &FinetuneConfig,
+    ) -> Result<(Llama<B>, TrainReport)> {
+        let pad = self.tok().pad_id();
+        let Some(lisa) = &self.exp.finetune.lisa else {
+            return Ok(finetune(model, examples, pad, cfg, &mut NoCallback)?);
+        };
+        let mut align_data = self.data.align_refusals.clone();
+        align_data.extend(self.data.align_benign.iter().cloned());
+        let guide = self.encode(&align_data)?;
+        eprintln!(
+            "  Lisa: {} + {} steps per cycle, alternating with {} alignment samples, rho {}",
+            lisa.align_steps,
+            lisa.finetune_steps,
+            guide.len(),
+            lisa.rho
+        );
+        Ok(finetune_lisa(
+            model,
+            examples,
+            &guide,
+            pad,
+            cfg,
+            lisa,
+            &mut NoCallback,
+        )?)
+    }
+
     fn attack(
         &self,
         plan: &Plan,
@@ -344,7 +378,6 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             )
         };
         let cfg = convert::finetune(self.exp, arm);
-        let pad = self.tok().pad_id();
         let (tuned, summary, steps) = match (&cfg.mode, arm) {
             (FinetuneMode::Lora(adapter), Arm::Off) => {
                 let mut stage_key = serde_json::json!(self.exp.finetune);
@@ -371,7 +404,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                         announce();
                         let mut cfg = cfg.clone();
                         cfg.train.checkpoint = Some(ck);
-                        finetune(m, examples, pad, &cfg, &mut NoCallback)
+                        self.tune(m, examples, &cfg)
                             .with_context(|| format!("stage `{stage}`"))
                     },
                     n,
@@ -390,7 +423,8 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                     dir: self.run_dir().join(format!("partial-{stage}")),
                     every: checkpoint_every(),
                 });
-                let (tuned, report) = finetune(model.clone(), examples, pad, &cfg, &mut NoCallback)
+                let (tuned, report) = self
+                    .tune(model.clone(), examples, &cfg)
                     .with_context(|| format!("stage `{stage}`"))?;
                 let summary = TrainSummary::new(&stage.name(), n, &report);
                 (tuned, summary, report.steps)

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
 use secvec_core::adapter::AdapterConfig;
+use secvec_core::defence::LisaConfig;
 use secvec_core::train::phases::all_targets;
 use secvec_core::train::{AlignConfig, FinetuneConfig, FinetuneMode, SecurityVectorConfig};
 use secvec_models::Precision;
@@ -321,6 +322,13 @@ pub struct FinetuneStage {
     pub safety: usize,
     #[serde(skip_serializing_if = "Source::is_builtin")]
     pub safety_data: Source,
+    /// Lisa, a baseline defence (`secvec_core::defence::lisa`; Huang et al., NeurIPS 2024):
+    /// fine-tuning alternates `align_steps` steps on the alignment stage's data with
+    /// `finetune_steps` on the user's, each state pulled back by `rho/2 · ‖w − w̃‖²` towards
+    /// where the other left the weights. `None`: plain fine-tuning. Needs `align`. With
+    /// `arms: [Off]` it is the defence alone; with `Active`, combined with the vectors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lisa: Option<LisaConfig>,
     pub mode: Mode,
     /// Learning rate (`None`: 2e-4 for a task LoRA, 2e-5 for full fine-tuning).
     pub lr: Option<f64>,
@@ -344,6 +352,7 @@ impl Default for FinetuneStage {
             ratio: None,
             safety: 0,
             safety_data: Source::Builtin,
+            lisa: None,
             mode: Mode::Lora {
                 rank: default_task_rank(),
                 alpha: default_task_alpha(),
@@ -708,6 +717,16 @@ impl Experiment {
         if ft.arms.is_empty() {
             bail!("finetune.arms: give at least one of Off, Active");
         }
+        if let Some(lisa) = &ft.lisa {
+            lisa.validate()
+                .map_err(|e| anyhow::anyhow!("finetune.lisa.{e}"))?;
+            if self.align.is_none() {
+                bail!(
+                    "finetune.lisa: Lisa alternates with the defender's alignment data, and \
+                     `align` is None (set `align: Some((..))`)"
+                );
+            }
+        }
         let ev = &self.evaluate;
         if ev.metrics.is_empty() {
             bail!("evaluate.metrics: give at least one metric");
@@ -925,6 +944,15 @@ mod tests {
             (
                 "(security_vectors: (benign: 10, kind: Steering(layers: [3])))",
                 "security_vectors.benign",
+            ),
+            ("(finetune: (lisa: Some((rho: -1.0))))", "finetune.lisa.rho"),
+            (
+                "(finetune: (lisa: Some((align_steps: 0))))",
+                "finetune.lisa.align_steps",
+            ),
+            (
+                "(align: None, finetune: (lisa: Some(())))",
+                "finetune.lisa: Lisa alternates with the defender's alignment data",
             ),
         ] {
             let e = err(text);
