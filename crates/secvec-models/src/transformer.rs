@@ -34,14 +34,32 @@ impl<B: Backend> DecoderLayer<B> {
         cache: Option<(&mut KvCache<B>, usize)>,
         precision: Precision,
     ) -> Tensor<B, 3> {
-        let h = x.clone()
-            + self.self_attn.forward(
-                self.input_layernorm.forward(x, precision),
-                rope,
-                mask,
-                cache,
-                precision,
-            );
+        self.forward_perturbed(x, rope, mask, cache, precision, None)
+    }
+
+    /// [`DecoderLayer::forward`] with `attn_delta` `[batch, seq, hidden]` added to the attention
+    /// block's output before the residual sum (perturbation-aware training, e.g. Vaccine's).
+    pub fn forward_perturbed(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        mask: &Tensor<B, 4, Bool>,
+        cache: Option<(&mut KvCache<B>, usize)>,
+        precision: Precision,
+        attn_delta: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
+        let attn = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone(), precision),
+            rope,
+            mask,
+            cache,
+            precision,
+        );
+        let attn = match attn_delta {
+            Some(d) => attn + d,
+            None => attn,
+        };
+        let h = x + attn;
         let out = h.clone()
             + self.mlp.forward(
                 self.post_attention_layernorm.forward(h, precision),
@@ -186,6 +204,31 @@ impl<B: Backend> Llama<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             x = layer.forward(x, &rope, mask, layer_cache, self.precision);
+        }
+        self.norm.forward(x, self.precision)
+    }
+
+    /// [`Llama::forward_hidden`] without a cache, with `attn_deltas[i]` `[batch, seq, hidden]`
+    /// added to the attention output of layer `i` (one per layer; see
+    /// [`DecoderLayer::forward_perturbed`]).
+    pub fn forward_hidden_perturbed(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: &Tensor<B, 2, Int>,
+        mask: &Tensor<B, 4, Bool>,
+        attn_deltas: &[Tensor<B, 3>],
+    ) -> Tensor<B, 3> {
+        assert_eq!(
+            attn_deltas.len(),
+            self.layers.len(),
+            "one attention perturbation per layer"
+        );
+        let mut x = self
+            .precision
+            .to_f32(embedding(self.embed_tokens.val(), ids));
+        let rope = self.rope.tables(positions);
+        for (layer, d) in self.layers.iter().zip(attn_deltas) {
+            x = layer.forward_perturbed(x, &rope, mask, None, self.precision, Some(d.clone()));
         }
         self.norm.forward(x, self.precision)
     }

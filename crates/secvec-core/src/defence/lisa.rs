@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use secvec_models::Llama;
 
+use super::Defence;
 use crate::error::{CoreError, Result};
 use crate::train::phases::{FinetuneConfig, finetune_with};
 use crate::train::{TrainCallback, TrainExample, TrainReport};
@@ -135,7 +136,7 @@ pub fn finetune_lisa<B: AutodiffBackend>(
         data,
         pad_id,
         cfg,
-        Some(&BiState { guide, cfg: lisa }),
+        &Defence::Lisa(BiState { guide, cfg: lisa }),
         callback,
     )
 }

@@ -4,6 +4,7 @@
 //! Lisa and Booster: n samples, a harmful fraction p; harmful rate and fine-tune accuracy).
 //!
 //! - [`safe_instr`]: refusal demonstrations mixed into the user's data (SafeInstr);
+//! - [`vaccine`]: alignment under the worst small perturbation of the hidden states (Vaccine);
 //! - [`lisa`]: fine-tuning that alternates with steps on the defender's alignment data, each
 //!   state pulled towards where the other left the weights (Lisa).
 //!
@@ -12,6 +13,33 @@
 
 pub mod lisa;
 pub mod safe_instr;
+pub mod vaccine;
 
 pub use lisa::{LisaConfig, finetune_lisa};
 pub use safe_instr::mix_in_safety_data;
+pub use vaccine::{VaccineConfig, train_alignment_vaccine};
+
+/// A defence that changes how the trainer trains, not only its data.
+pub(crate) enum Defence<'a> {
+    None,
+    /// Fine-tuning alternating with alignment data (Lisa).
+    Lisa(lisa::BiState<'a>),
+    /// Perturbation-aware training (Vaccine).
+    Vaccine(&'a VaccineConfig),
+}
+
+impl Defence<'_> {
+    pub(crate) fn lisa(&self) -> Option<&lisa::BiState<'_>> {
+        match self {
+            Defence::Lisa(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn vaccine(&self) -> Option<&VaccineConfig> {
+        match self {
+            Defence::Vaccine(v) => Some(v),
+            _ => None,
+        }
+    }
+}

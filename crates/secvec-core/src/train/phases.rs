@@ -19,12 +19,12 @@ use secvec_models::Llama;
 
 use super::batch::TrainExample;
 use super::config::{Schedule, TrainConfig};
-use super::trainer::{TrainCallback, TrainReport, train, train_with};
+use super::trainer::{TrainCallback, TrainReport, train_with};
 use crate::adapter::{
     ALIGN, AdapterConfig, SECURITY, TASK, adapter_names, add_adapter, set_adapter_active,
     set_adapter_trainable, set_base_trainable,
 };
-use crate::defence::lisa::BiState;
+use crate::defence::Defence;
 use crate::error::{CoreError, Result};
 use crate::steering::{set_steering_active, steering_names};
 
@@ -221,12 +221,36 @@ pub fn train_alignment<B: AutodiffBackend>(
 /// adapter frozen and switched off; the others are switched back on afterwards and `name` is
 /// left frozen and active.
 fn train_only<B: AutodiffBackend>(
+    model: Llama<B>,
+    name: &str,
+    adapter: &AdapterConfig,
+    train_cfg: &TrainConfig,
+    data: &[TrainExample],
+    pad_id: u32,
+    callback: &mut dyn TrainCallback<B>,
+) -> Result<(Llama<B>, TrainReport)> {
+    train_only_with(
+        model,
+        name,
+        adapter,
+        train_cfg,
+        data,
+        pad_id,
+        &Defence::None,
+        callback,
+    )
+}
+
+/// [`train_only`] under a defence that changes how training trains (Vaccine's alignment).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_only_with<B: AutodiffBackend>(
     mut model: Llama<B>,
     name: &str,
     adapter: &AdapterConfig,
     train_cfg: &TrainConfig,
     data: &[TrainExample],
     pad_id: u32,
+    defence: &Defence<'_>,
     callback: &mut dyn TrainCallback<B>,
 ) -> Result<(Llama<B>, TrainReport)> {
     if !adapter_names(&model).iter().any(|n| n == name) {
@@ -242,7 +266,7 @@ fn train_only<B: AutodiffBackend>(
     }
     set_adapter_active(&mut model, name, true)?;
     set_adapter_trainable(&mut model, name, true)?;
-    let (mut model, report) = train(model, data, pad_id, train_cfg, callback)?;
+    let (mut model, report) = train_with(model, data, pad_id, train_cfg, defence, callback)?;
     set_adapter_trainable(&mut model, name, false)?;
     for other in switched_off {
         set_adapter_active(&mut model, &other, true)?;
@@ -260,17 +284,17 @@ pub fn finetune<B: AutodiffBackend>(
     cfg: &FinetuneConfig,
     callback: &mut dyn TrainCallback<B>,
 ) -> Result<(Llama<B>, TrainReport)> {
-    finetune_with(model, data, pad_id, cfg, None, callback)
+    finetune_with(model, data, pad_id, cfg, &Defence::None, callback)
 }
 
-/// [`finetune`], under Lisa's bi-state optimization when `bi` is given
+/// [`finetune`], under Lisa's bi-state optimization when `defence` asks
 /// ([`crate::defence::lisa::finetune_lisa`]).
 pub(crate) fn finetune_with<B: AutodiffBackend>(
     mut model: Llama<B>,
     data: &[TrainExample],
     pad_id: u32,
     cfg: &FinetuneConfig,
-    bi: Option<&BiState<'_>>,
+    defence: &Defence<'_>,
     callback: &mut dyn TrainCallback<B>,
 ) -> Result<(Llama<B>, TrainReport)> {
     let has_vectors = has_security_vectors(&model);
@@ -295,7 +319,7 @@ pub(crate) fn finetune_with<B: AutodiffBackend>(
             set_adapter_trainable(&mut model, TASK, true)?;
         }
     }
-    let (mut model, report) = train_with(model, data, pad_id, &cfg.train, bi, callback)?;
+    let (mut model, report) = train_with(model, data, pad_id, &cfg.train, defence, callback)?;
     freeze_all(&mut model)?;
     if has_vectors {
         set_security_vectors(&mut model, false)?;

@@ -18,7 +18,7 @@ use super::config::{LossScaleConfig, TrainConfig};
 use super::loss::response_nll_sum;
 use super::optim::{AdamW, global_grad_norm};
 use super::resume::{self, TrainState};
-use crate::defence::lisa::{self, BiState};
+use crate::defence::{Defence, lisa};
 use crate::error::{CoreError, Result};
 
 /// Offset of the alignment data's shuffle seed from the run's (Lisa), so that its order is not
@@ -142,7 +142,7 @@ pub fn train<B: AutodiffBackend>(
     cfg: &TrainConfig,
     callback: &mut dyn TrainCallback<B>,
 ) -> Result<(Llama<B>, TrainReport)> {
-    train_with(model, examples, pad_id, cfg, None, callback)
+    train_with(model, examples, pad_id, cfg, &Defence::None, callback)
 }
 
 /// Sequences longer than `max_len` lose their end (usually encoded to fit already, by
@@ -163,18 +163,21 @@ fn fit(examples: &[TrainExample], max_len: usize) -> Vec<Cow<'_, TrainExample>> 
         .collect()
 }
 
-/// [`train`], or with `bi` Lisa's bi-state optimization ([`crate::defence::lisa`]): steps on
-/// the alignment data replace steps on `examples` in cycles, and after the first part of the run
-/// every step's loss carries the proximal term.
+/// [`train`] under a defence that changes how it trains: Lisa's bi-state optimization
+/// ([`crate::defence::lisa`]: steps on the alignment data replace steps on `examples` in cycles,
+/// and after the first part of the run every step's loss carries the proximal term) or Vaccine's
+/// perturbation-aware steps ([`crate::defence::vaccine`]).
 pub(crate) fn train_with<B: AutodiffBackend>(
     mut model: Llama<B>,
     examples: &[TrainExample],
     pad_id: u32,
     cfg: &TrainConfig,
-    bi: Option<&BiState<'_>>,
+    defence: &Defence<'_>,
     callback: &mut dyn TrainCallback<B>,
 ) -> Result<(Llama<B>, TrainReport)> {
     cfg.validate().map_err(CoreError::InvalidConfig)?;
+    let bi = defence.lisa();
+    let vaccine = defence.vaccine();
     // An example left without a response token is not trained on.
     let fitted = fit(examples, cfg.max_len);
     let usable: Vec<&TrainExample> = fitted
@@ -275,13 +278,17 @@ pub(crate) fn train_with<B: AutodiffBackend>(
 
     // A saved state of this very run (same configuration, steps and examples): continue after
     // its last step.
-    let fingerprint = match bi {
-        None => resume::fingerprint(cfg, total, &usable, ""),
-        Some(b) => {
+    let fingerprint = match (bi, vaccine) {
+        (Some(b), _) => {
             let all: Vec<&TrainExample> = usable.iter().chain(&guide).copied().collect();
             let salt = serde_json::to_string(b.cfg).unwrap_or_default();
             resume::fingerprint(cfg, total, &all, &format!("lisa {salt} {}", guide.len()))
         }
+        (None, Some(v)) => {
+            let salt = serde_json::to_string(v).unwrap_or_default();
+            resume::fingerprint(cfg, total, &usable, &format!("vaccine {salt}"))
+        }
+        (None, None) => resume::fingerprint(cfg, total, &usable, ""),
     };
     let mut report = TrainReport::default();
     let mut done = 0;
@@ -333,7 +340,10 @@ pub(crate) fn train_with<B: AutodiffBackend>(
         for micro in chunk.chunks(cfg.batch_size) {
             let batch = make_batch::<B>(micro, pad_id, &device);
             tokens += batch.n_tokens;
-            let nll = response_nll_sum(&model, &batch);
+            let nll = match vaccine {
+                None => response_nll_sum(&model, &batch),
+                Some(v) => crate::defence::vaccine::perturbed_nll_sum(&model, &batch, v.rho).0,
+            };
             // Token-weighted: every trained token of the step counts the same, whatever its
             // micro-batch.
             let mut loss = nll.div_scalar(n_targets as f64);

@@ -811,3 +811,88 @@ fn a_killed_lisa_run_resumes_to_the_same_weights() {
         .unwrap_err();
     assert!(e.to_string().contains("lisa: finetune_steps"), "{e}");
 }
+
+/// Vaccine's perturbation is the loss's steepest ascent direction in the attention outputs: for a
+/// small ρ the perturbed loss exceeds the clean one by ρ‖g‖ to first order. Aligning under it
+/// (Vaccine, Huang et al., NeurIPS 2024) trains only the `align` adapter and leaves a model whose
+/// loss barely moves under its worst perturbation of that norm, where plain alignment's rises
+/// (measured on flex, 30 steps at ρ = 20: +4.3 against +245).
+#[test]
+fn vaccine_perturbs_along_the_gradient_and_aligns_against_it() {
+    use secvec_core::defence::vaccine::perturbed_nll_sum;
+    use secvec_core::defence::{VaccineConfig, train_alignment_vaccine};
+    use secvec_core::train::batch::make_batch;
+    use secvec_core::train::loss::response_nll_sum;
+    use secvec_core::train::{AlignConfig, train_alignment};
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let data = encode(&m, &benign_pairs());
+    let refs: Vec<&TrainExample> = data[..8].iter().collect();
+    let batch = make_batch::<B>(&refs, pad, &m.model.device());
+    let scalar = |t: Tensor<B, 1>| -> f64 {
+        t.into_data().convert::<f64>().to_vec::<f64>().unwrap()[0]
+    };
+    let clean = scalar(response_nll_sum(&m.model, &batch));
+    let rho = 1e-3;
+    let (perturbed, norm) = perturbed_nll_sum(&m.model, &batch, rho);
+    let rise = scalar(perturbed) - clean;
+    assert!(norm > 0.0);
+    assert!(
+        (rise - rho * norm).abs() < 0.05 * rho * norm,
+        "rise {rise} vs ρ‖g‖ {}",
+        rho * norm
+    );
+
+    let cfg = AlignConfig {
+        adapter: AdapterConfig {
+            targets: secvec_core::train::phases::all_targets(),
+            seed: 5,
+            ..AdapterConfig::default()
+        },
+        train: TrainConfig {
+            max_steps: Some(30),
+            ..quick(1e-2, 3)
+        },
+    };
+    let vaccine = VaccineConfig { rho: 20.0 };
+    let (vaccinated, report) =
+        train_alignment_vaccine(m.model.clone(), &data, pad, &cfg, &vaccine, &mut NoCallback)
+            .unwrap();
+    let (plain, _) = train_alignment(m.model.clone(), &data, pad, &cfg, &mut NoCallback).unwrap();
+    assert_eq!(report.steps.len(), 30);
+    // Only the adapter learned: the base is untouched.
+    assert_eq!(
+        host(vaccinated.layers[0].self_attn.q_proj.weight.val()),
+        host(m.model.layers[0].self_attn.q_proj.weight.val())
+    );
+    // The rise of each model's loss under its own worst perturbation of norm ρ.
+    let rise = |model: &Llama<B>| {
+        scalar(perturbed_nll_sum(model, &batch, vaccine.rho).0)
+            - scalar(response_nll_sum(model, &batch))
+    };
+    let (v, p) = (rise(&vaccinated), rise(&plain));
+    eprintln!("loss rise under a ρ={} perturbation: vaccine {v:.3}, plain {p:.3}", vaccine.rho);
+    assert!(v < 0.25 * p, "vaccine {v} vs plain {p}");
+
+    // Another run's checkpoint: plain alignment's partial state is not Vaccine's.
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = secvec_core::train::Checkpointing {
+        dir: tmp.path().join("align.partial"),
+        every: 2,
+    };
+    struct Kill;
+    impl secvec_core::train::TrainCallback<B> for Kill {
+        fn on_eval(&mut self, _: usize, _: &Llama<B>) -> secvec_core::Result<()> {
+            Err(CoreError::InvalidConfig("killed".into()))
+        }
+    }
+    let mut killed = cfg.clone();
+    killed.train.checkpoint = Some(ck.clone());
+    killed.train.eval_every = Some(3);
+    train_alignment(m.model.clone(), &data, pad, &killed, &mut Kill).unwrap_err();
+    let mut resumed = cfg.clone();
+    resumed.train.checkpoint = Some(ck);
+    let e = train_alignment_vaccine(m.model.clone(), &data, pad, &resumed, &vaccine, &mut NoCallback)
+        .unwrap_err();
+    assert!(e.to_string().contains("another training run"), "{e}");
+}
