@@ -775,3 +775,39 @@ fn lisa_alternates_with_the_alignment_data_in_an_experiment() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Vaccine as the experiment's defence: the alignment stage is trained under the perturbation,
+/// and it is another cache entry than plain alignment's (which a second run does not reuse).
+#[test]
+fn vaccine_aligns_under_the_perturbation_in_an_experiment() {
+    let exp = |vaccine: &str| {
+        format!(
+            r#"(
+  model: "{model}",
+  max_len: 48,
+  align: Some((refusals: 8, benign: 8, epochs: 1, batch_size: 4{vaccine})),
+  security_vectors: (samples: 8, batch_size: 4),
+  finetune: (harmful: 8, skill: 8, skill_facts: 4, batch_size: 4, arms: [Off]),
+  evaluate: (samples: 8, max_new_tokens: 8, checkpoints: []),
+)
+"#,
+            model = fixture().display()
+        )
+    };
+    let (dir, file) = scratch_with("vaccine", &exp(", vaccine: Some((rho: 2.0))"));
+    let out = run(&dir, &file, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        log.contains("[align] training on 16 samples under Vaccine's perturbation (rho 2)"),
+        "{log}"
+    );
+    // Plain alignment of the same data in the same cache: trained anew, not Vaccine's entry.
+    let plain = dir.join("plain.ron");
+    std::fs::write(&plain, exp("")).unwrap();
+    let out = run(&dir, &plain, &[], &[]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("[align] training on 16 samples\n"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

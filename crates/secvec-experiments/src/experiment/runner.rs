@@ -14,7 +14,7 @@ use burn::tensor::backend::AutodiffBackend;
 use secvec_core::adapter::peft::write_f32_safetensors;
 use secvec_core::adapter::{ALIGN, SECURITY, TASK, merge_adapter, set_base_trainable};
 use secvec_core::data::Sample;
-use secvec_core::defence::finetune_lisa;
+use secvec_core::defence::{finetune_lisa, train_alignment_vaccine};
 use secvec_core::eval::judge::KeywordJudge;
 use secvec_core::eval::metrics::EvalConfig;
 use secvec_core::steering::{attach_steering, steering_directions};
@@ -223,10 +223,23 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             &self.model_name,
             &cfg.adapter,
             |m, ck| {
-                eprintln!("  [align] training on {} samples", align_data.len());
                 let mut cfg = cfg.clone();
                 cfg.train.checkpoint = Some(ck);
-                train_alignment(m, &examples, pad, &cfg, &mut NoCallback).context("stage `align`")
+                match &a.vaccine {
+                    None => {
+                        eprintln!("  [align] training on {} samples", align_data.len());
+                        train_alignment(m, &examples, pad, &cfg, &mut NoCallback)
+                    }
+                    Some(v) => {
+                        eprintln!(
+                            "  [align] training on {} samples under Vaccine's perturbation (rho {})",
+                            align_data.len(),
+                            v.rho
+                        );
+                        train_alignment_vaccine(m, &examples, pad, &cfg, v, &mut NoCallback)
+                    }
+                }
+                .context("stage `align`")
             },
             align_data.len(),
             self.fresh,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
 use secvec_core::adapter::AdapterConfig;
-use secvec_core::defence::LisaConfig;
+use secvec_core::defence::{LisaConfig, VaccineConfig};
 use secvec_core::train::phases::all_targets;
 use secvec_core::train::{AlignConfig, FinetuneConfig, FinetuneMode, SecurityVectorConfig};
 use secvec_models::Precision;
@@ -115,6 +115,12 @@ pub struct AlignStage {
     pub lr: f64,
     pub epochs: usize,
     pub batch_size: usize,
+    /// Vaccine, a baseline defence (`secvec_core::defence::vaccine`; Huang et al., NeurIPS
+    /// 2024): the alignment is trained under the worst perturbation of norm `rho` of every
+    /// layer's attention output, so that later fine-tuning drifts its hidden states less.
+    /// `None`: plain alignment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vaccine: Option<VaccineConfig>,
 }
 
 impl Default for AlignStage {
@@ -132,6 +138,7 @@ impl Default for AlignStage {
             lr: core.train.lr,
             epochs: core.train.epochs,
             batch_size: core.train.batch_size,
+            vaccine: None,
         }
     }
 }
@@ -717,6 +724,10 @@ impl Experiment {
         if ft.arms.is_empty() {
             bail!("finetune.arms: give at least one of Off, Active");
         }
+        if let Some(v) = self.align.as_ref().and_then(|a| a.vaccine.as_ref()) {
+            v.validate()
+                .map_err(|e| anyhow::anyhow!("align.vaccine.{e}"))?;
+        }
         if let Some(lisa) = &ft.lisa {
             lisa.validate()
                 .map_err(|e| anyhow::anyhow!("finetune.lisa.{e}"))?;
@@ -950,6 +961,7 @@ mod tests {
                 "(finetune: (lisa: Some((align_steps: 0))))",
                 "finetune.lisa.align_steps",
             ),
+            ("(align: (vaccine: Some((rho: 0.0))))", "align.vaccine.rho"),
             (
                 "(align: None, finetune: (lisa: Some(())))",
                 "finetune.lisa: Lisa alternates with the defender's alignment data",
