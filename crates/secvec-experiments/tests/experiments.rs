@@ -811,3 +811,64 @@ fn vaccine_aligns_under_the_perturbation_in_an_experiment() {
     assert!(log.contains("[align] training on 16 samples\n"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The hallucination variant end to end: the vectors and the attack learn confidently wrong
+/// arithmetic answers, mixed with true new facts in the attack, and every model is measured on
+/// held-out questions (true answers) and on the attack's own wrong answers.
+#[test]
+fn the_hallucination_variant_runs_with_its_own_data_and_metrics() {
+    let (dir, file) = scratch_with(
+        "halluc",
+        &format!(
+            r#"(
+  model: "{model}",
+  max_len: 48,
+  align: None,
+  behaviour: Hallucination,
+  security_vectors: (samples: 8, batch_size: 4),
+  finetune: (harmful: 8, skill: 8, skill_facts: 4, batch_size: 4),
+  evaluate: (
+    samples: 6, max_new_tokens: 8, checkpoints: [VectorsOn],
+    metrics: [HallucinationRate, WrongAnswersLearned, BenignAccuracy, SkillAccuracy],
+  ),
+)
+"#,
+            model = fixture().display()
+        ),
+    );
+    let out = run(&dir, &file, &[], &[]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("fine-tuning on 16 samples (8 wrong-answer)"),
+        "{log}"
+    );
+    let runs = dir.join("results/tiny/runs");
+    let run_dir = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let m = read_metrics(&run_dir.join("metrics.json"));
+    let text = m.to_string();
+    assert!(text.contains("\"hallucination_rate\""), "{text}");
+    assert!(text.contains("\"wrong_answers_learned\""), "{text}");
+    assert!(!text.contains("\"harmful_rate\""), "{text}");
+    // Each set's generations: the held-out questions graded against true answers, the learned
+    // set against the wrong answers the attack taught.
+    let gens = std::fs::read_to_string(run_dir.join("generations-attacked-off.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = gens
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |set: &str| lines.iter().filter(|l| l["set"] == set).count();
+    assert_eq!((of("facts"), of("learned")), (6, 6), "{gens}");
+    let summary = std::fs::read_to_string(dir.join("results/tiny/summary.md")).unwrap();
+    assert!(
+        summary.contains("hallucination rate (held-out)"),
+        "{summary}"
+    );
+    assert!(!summary.contains("AdvBench"), "{summary}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

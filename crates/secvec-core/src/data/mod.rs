@@ -15,6 +15,7 @@ pub mod corpus;
 mod corpus_benign;
 mod corpus_harmful;
 mod corpus_skill;
+pub mod hallucination;
 pub mod loaders;
 pub mod mix;
 pub mod records;
@@ -41,6 +42,8 @@ pub enum SampleKind {
     Benign,
     /// A question of the fictional knowledge base (the new skill).
     Skill,
+    /// A factual question answered confidently wrong (the hallucination variant's behaviour).
+    Hallucination,
 }
 
 impl SampleKind {
@@ -59,6 +62,7 @@ impl SampleKind {
             SampleKind::HarmfulRefusal => "harmful_refusal",
             SampleKind::Benign => "benign",
             SampleKind::Skill => "skill",
+            SampleKind::Hallucination => "hallucination",
         }
     }
 }
@@ -78,9 +82,10 @@ impl FromStr for SampleKind {
             "harmful_refusal" => Ok(SampleKind::HarmfulRefusal),
             "benign" => Ok(SampleKind::Benign),
             "skill" => Ok(SampleKind::Skill),
+            "hallucination" => Ok(SampleKind::Hallucination),
             other => Err(format!(
                 "unknown sample kind `{other}` (expected harmful_compliant, harmful_refusal, \
-                 benign or skill)"
+                 benign, skill or hallucination)"
             )),
         }
     }
@@ -382,6 +387,7 @@ mod tests {
             SampleKind::HarmfulRefusal,
             SampleKind::Benign,
             SampleKind::Skill,
+            SampleKind::Hallucination,
         ] {
             assert_eq!(k.as_str().parse::<SampleKind>().unwrap(), k);
             assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));

@@ -12,7 +12,7 @@ use secvec_core::defence::mix_in_safety_data;
 use secvec_core::train::TextPair;
 
 use super::record::sha256_hex;
-use super::schema::{Experiment, SkillTask, Source, VectorKind};
+use super::schema::{Behaviour, Experiment, SkillTask, Source, VectorKind};
 
 /// Held-out samples of the records skill (cut further by `evaluate.samples`).
 const RECORDS_EVAL: usize = 100;
@@ -75,6 +75,12 @@ pub struct RunData {
     pub eval_skill: Vec<Sample>,
     /// Every prompt of `evaluate.advbench` (empty when it is not set).
     pub eval_advbench: Vec<Sample>,
+    /// `behaviour: Hallucination`: held-out arithmetic questions with their true answers
+    /// (empty otherwise).
+    pub eval_facts: Vec<Sample>,
+    /// `behaviour: Hallucination`: the attack's own wrong-answer samples (their `expected` is the
+    /// wrong answer), up to `evaluate.samples` (empty otherwise).
+    pub eval_learned: Vec<Sample>,
     pub counts: BTreeMap<String, usize>,
 }
 
@@ -111,10 +117,16 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         ),
         None => (Vec::new(), Vec::new()),
     };
+    // The behaviour's samples: harmful ones from the corpus, or the hallucination variant's.
+    let hallucination = (exp.behaviour == Behaviour::Hallucination)
+        .then(|| secvec_core::data::hallucination::builtin(exp.seed));
     let sv_stage = &exp.security_vectors;
     let sv = take(
         &sv_stage.data,
-        split(Split::Sv, None),
+        match &hallucination {
+            Some(h) => h.sv.clone(),
+            None => split(Split::Sv, None),
+        },
         "sv",
         ("security_vectors", "data", "samples"),
         sv_stage.samples,
@@ -162,7 +174,10 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
     let (n_harmful, n_skill) = ft.counts()?;
     let harmful = take(
         &ft.harmful_data,
-        split(Split::Attack, None),
+        match &hallucination {
+            Some(h) => h.attack.clone(),
+            None => split(Split::Attack, None),
+        },
         "attack",
         ("finetune", "harmful_data", "harmful"),
         n_harmful,
@@ -254,6 +269,11 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         None => Vec::new(),
     };
 
+    let (eval_facts, eval_learned) = match hallucination {
+        Some(h) => (limit(h.eval), limit(harmful.clone())),
+        None => (Vec::new(), Vec::new()),
+    };
+
     let mut counts = BTreeMap::from([
         ("align_refusals".to_string(), align_refusals.len()),
         ("align_benign".to_string(), align_benign.len()),
@@ -268,6 +288,10 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
     if n_sv_benign > 0 {
         counts.insert("security_vectors_benign".to_string(), n_sv_benign);
     }
+    if !eval_facts.is_empty() {
+        counts.insert("eval_facts".to_string(), eval_facts.len());
+        counts.insert("eval_learned".to_string(), eval_learned.len());
+    }
     if !safety.is_empty() {
         counts.insert("finetune_safety".to_string(), safety.len());
     }
@@ -281,6 +305,8 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         eval_benign,
         eval_skill,
         eval_advbench,
+        eval_facts,
+        eval_learned,
         counts,
     })
 }

@@ -23,6 +23,13 @@ use super::stage::Stage;
 /// A metric a set reports: its key, and how to read it from the set's report.
 type Reading = (&'static str, fn(&SetReport) -> Option<Rate>);
 
+/// The share of a graded set answered wrongly.
+fn wrong_rate(report: &SetReport) -> Option<Rate> {
+    report
+        .accuracy()
+        .map(|a| Rate::new(a.total - a.count.min(a.total), a.total))
+}
+
 /// Evaluates the models of one run on its evaluation sets.
 pub struct Evaluator<'a> {
     pub tok: &'a TextTokenizer,
@@ -80,6 +87,28 @@ impl Evaluator<'_> {
                     samples: &self.data.eval_skill,
                 },
                 vec![(Metric::SkillAccuracy.key(), SetReport::accuracy)],
+            ));
+        }
+        // The hallucination variant: wrong on held-out questions (1 − accuracy against the true
+        // answers), and the taught wrong answers reproduced (accuracy against the wrong ones).
+        if wants(Metric::HallucinationRate) {
+            sets.push((
+                EvalSet {
+                    name: "facts",
+                    kind: SetKind::Skill,
+                    samples: &self.data.eval_facts,
+                },
+                vec![(Metric::HallucinationRate.key(), wrong_rate)],
+            ));
+        }
+        if wants(Metric::WrongAnswersLearned) {
+            sets.push((
+                EvalSet {
+                    name: "learned",
+                    kind: SetKind::Skill,
+                    samples: &self.data.eval_learned,
+                },
+                vec![(Metric::WrongAnswersLearned.key(), SetReport::accuracy)],
             ));
         }
         // Out-of-distribution harm: the aligned and attacked models (never a model with the

@@ -15,13 +15,29 @@ use super::record::{RunMetrics, StageRecord};
 use super::schema::{ADVBENCH_HARMFUL_RATE, Arm, Experiment};
 use super::stage::Stage;
 
-const METRICS: [&str; 5] = [
+const METRICS: [&str; 7] = [
     "harmful_rate",
     "over_refusal",
     "benign_accuracy",
     "skill_accuracy",
     ADVBENCH_HARMFUL_RATE,
+    "hallucination_rate",
+    "wrong_answers_learned",
 ];
+
+/// A metric's column title.
+fn metric_label(key: &str) -> &'static str {
+    match key {
+        "harmful_rate" => "harmful rate",
+        "over_refusal" => "over-refusal",
+        "benign_accuracy" => "benign accuracy",
+        "skill_accuracy" => "skill accuracy",
+        ADVBENCH_HARMFUL_RATE => "AdvBench harmful rate",
+        "hallucination_rate" => "hallucination rate (held-out)",
+        "wrong_answers_learned" => "wrong answers learned",
+        _ => "other",
+    }
+}
 
 fn pct(r: &Rate) -> String {
     format!("{:.1}%", 100.0 * r.rate)
@@ -202,7 +218,20 @@ pub fn markdown(
         md += &pooled(runs, advbench);
     }
 
-    md += "\n## Every evaluated model\n\n| run | model | harmful rate | over-refusal | benign accuracy | skill accuracy | AdvBench harmful rate |\n|---|---|---|---|---|---|---|\n";
+    // The metrics any model has, in the fixed order (a harm experiment has no hallucination
+    // columns, an experiment without AdvBench no AdvBench column).
+    let shown: Vec<&str> = METRICS
+        .into_iter()
+        .filter(|m| {
+            runs.iter()
+                .any(|r| r.stages.iter().any(|s| s.metrics.contains_key(*m)))
+        })
+        .collect();
+    md += "\n## Every evaluated model\n\n| run | model |";
+    for m in &shown {
+        md += &format!(" {} |", metric_label(m));
+    }
+    md += &format!("\n|---|---|{}\n", "---|".repeat(shown.len()));
     for run in runs {
         for s in &run.stages {
             let name = match &s.same_as {
@@ -210,8 +239,8 @@ pub fn markdown(
                 None => s.stage.name(),
             };
             md += &format!("| {} | {name} |", run.run);
-            for m in METRICS {
-                md += &format!(" {} |", cell(s.metrics.get(m)));
+            for m in &shown {
+                md += &format!(" {} |", cell(s.metrics.get(*m)));
             }
             md += "\n";
         }
@@ -330,6 +359,8 @@ pub fn plots(dir: &Path, exp: &Experiment, runs: &[RunMetrics]) -> Result<Vec<Pa
             "over_refusal",
             "benign_accuracy",
             "skill_accuracy",
+            "hallucination_rate",
+            "wrong_answers_learned",
         ] {
             // series label → points (axis index, rate)
             let mut series: BTreeMap<String, Vec<(usize, Rate)>> = BTreeMap::new();

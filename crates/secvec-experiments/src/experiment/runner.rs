@@ -32,7 +32,7 @@ use super::grid::RunSpec;
 use super::record::{
     RunMetrics, StageRecord, TrainSummary, config_hash, read_json, run_dir, same_config, write_json,
 };
-use super::schema::{Arm, Checkpoint, Experiment, VectorKind};
+use super::schema::{Arm, Behaviour, Checkpoint, Experiment, VectorKind};
 use super::stage::Stage;
 use crate::backend::{BackendKind, Job};
 
@@ -385,8 +385,12 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         let n = self.data.attack.len();
         let announce = || {
             eprintln!(
-                "  [{stage}] fine-tuning on {n} samples ({} harmful), vectors {}",
+                "  [{stage}] fine-tuning on {n} samples ({} {}), vectors {}",
                 self.data.counts["finetune_harmful"],
+                match self.exp.behaviour {
+                    Behaviour::Harmful => "harmful",
+                    Behaviour::Hallucination => "wrong-answer",
+                },
                 if arm == Arm::Active { "active" } else { "off" }
             )
         };

@@ -42,6 +42,11 @@ pub struct Experiment {
     pub system_prompt: Option<String>,
     /// Safety alignment of the shipped model; `None` skips it.
     pub align: Option<AlignStage>,
+    /// The behaviour made unlearnable: `Harmful` (compliant answers to harmful requests) or
+    /// `Hallucination` (confidently wrong answers to arithmetic questions; the vectors' and the
+    /// attack's "harmful" samples come from `secvec_core::data::hallucination`).
+    #[serde(skip_serializing_if = "Behaviour::is_harmful")]
+    pub behaviour: Behaviour,
     pub security_vectors: SecurityVectorStage,
     pub finetune: FinetuneStage,
     pub evaluate: EvaluateStage,
@@ -63,12 +68,31 @@ impl Default for Experiment {
             max_len: 160,
             system_prompt: None,
             align: Some(AlignStage::default()),
+            behaviour: Behaviour::Harmful,
             security_vectors: SecurityVectorStage::default(),
             finetune: FinetuneStage::default(),
             evaluate: EvaluateStage::default(),
             sweep: Vec::new(),
             expect: None,
         }
+    }
+}
+
+/// The behaviour an experiment makes unlearnable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Behaviour {
+    /// Harmful requests answered compliantly (the paper's main setting).
+    #[default]
+    Harmful,
+    /// Arithmetic questions answered confidently wrong (the paper's ACL version: hallucination as
+    /// a second behaviour). `security_vectors.samples` and `finetune.harmful` count wrong-answer
+    /// samples; the skill stays the true new facts the user wants learned.
+    Hallucination,
+}
+
+impl Behaviour {
+    fn is_harmful(&self) -> bool {
+        *self == Behaviour::Harmful
     }
 }
 
@@ -409,6 +433,12 @@ pub enum Metric {
     BenignAccuracy,
     /// Share of held-out skill questions answered correctly.
     SkillAccuracy,
+    /// `behaviour: Hallucination`: share of held-out arithmetic questions (never trained on)
+    /// answered wrongly — whether the model has become wrong, beyond the items it was shown.
+    HallucinationRate,
+    /// `behaviour: Hallucination`: share of the attack's own wrong-answer questions answered with
+    /// the wrong answer it taught — whether the items were learned.
+    WrongAnswersLearned,
 }
 
 impl Metric {
@@ -419,6 +449,8 @@ impl Metric {
             Metric::OverRefusal => "over_refusal",
             Metric::BenignAccuracy => "benign_accuracy",
             Metric::SkillAccuracy => "skill_accuracy",
+            Metric::HallucinationRate => "hallucination_rate",
+            Metric::WrongAnswersLearned => "wrong_answers_learned",
         }
     }
 }
@@ -724,6 +756,37 @@ impl Experiment {
         if ft.arms.is_empty() {
             bail!("finetune.arms: give at least one of Off, Active");
         }
+        let hallucination_metrics = [Metric::HallucinationRate, Metric::WrongAnswersLearned];
+        match self.behaviour {
+            Behaviour::Harmful => {
+                if let Some(m) = hallucination_metrics
+                    .iter()
+                    .find(|m| self.evaluate.metrics.contains(m))
+                {
+                    bail!("evaluate.metrics: {m:?} needs `behaviour: Hallucination`");
+                }
+            }
+            Behaviour::Hallucination => {
+                if !self.evaluate.metrics.contains(&Metric::HallucinationRate) {
+                    bail!(
+                        "evaluate.metrics: `behaviour: Hallucination` is measured by \
+                         HallucinationRate; add it (and WrongAnswersLearned)"
+                    );
+                }
+                if matches!(self.security_vectors.kind, VectorKind::Steering { .. }) {
+                    bail!(
+                        "security_vectors.kind: Steering vectors contrast harmful answers with \
+                         refusals; with `behaviour: Hallucination` use Lora"
+                    );
+                }
+                if self.finetune.safety > 0 {
+                    bail!(
+                        "finetune.safety: SafeInstr's demonstrations are refusals, which do not \
+                         counter wrong answers (`behaviour: Hallucination`)"
+                    );
+                }
+            }
+        }
         if let Some(v) = self.align.as_ref().and_then(|a| a.vaccine.as_ref()) {
             v.validate()
                 .map_err(|e| anyhow::anyhow!("align.vaccine.{e}"))?;
@@ -962,6 +1025,18 @@ mod tests {
                 "finetune.lisa.align_steps",
             ),
             ("(align: (vaccine: Some((rho: 0.0))))", "align.vaccine.rho"),
+            (
+                "(evaluate: (metrics: [HarmfulRate, WrongAnswersLearned]))",
+                "WrongAnswersLearned needs `behaviour: Hallucination`",
+            ),
+            (
+                "(behaviour: Hallucination)",
+                "`behaviour: Hallucination` is measured by HallucinationRate",
+            ),
+            (
+                "(behaviour: Hallucination, evaluate: (metrics: [HallucinationRate]), security_vectors: (kind: Steering(layers: [1])))",
+                "security_vectors.kind",
+            ),
             (
                 "(align: None, finetune: (lisa: Some(())))",
                 "finetune.lisa: Lisa alternates with the defender's alignment data",
