@@ -290,6 +290,20 @@ fn pooled(runs: &[RunMetrics], advbench: bool) -> String {
             Worse::Higher,
         ));
     }
+    // The hallucination variant's, where the runs have them (and no harm where they do not).
+    let has = |key: &str| {
+        runs.iter()
+            .any(|r| r.stages.iter().any(|s| s.metrics.contains_key(key)))
+    };
+    metrics.retain(|(_, key, _)| has(key));
+    for (label, key) in [
+        ("hallucination rate (held-out)", "hallucination_rate"),
+        ("wrong answers learned", "wrong_answers_learned"),
+    ] {
+        if has(key) {
+            metrics.push((label, key, Worse::Higher));
+        }
+    }
     let models = [
         (Stage::Aligned, "aligned"),
         (Stage::Attacked(Arm::Off), "attack without vectors"),
