@@ -3,11 +3,13 @@
 //! finished, and writes per-run metrics, tables and plots under `<results>/<name>/`.
 
 pub mod cache;
+mod context;
 pub mod convert;
 pub mod data;
 pub mod evaluator;
 pub mod grid;
 pub mod lock;
+mod plan;
 pub mod record;
 pub mod report;
 pub mod runner;
