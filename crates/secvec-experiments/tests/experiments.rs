@@ -61,6 +61,16 @@ fn run(dir: &Path, file: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output 
     cmd.output().unwrap()
 }
 
+/// The folder of the single run of `tiny.ron` in the scratch folder `dir`, whatever its name.
+fn only_run_dir(dir: &Path) -> PathBuf {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dir.join("results/tiny/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    runs.remove(0)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -678,18 +688,7 @@ fn steering_vectors_run_beside_lora_vectors() {
         "{log}"
     );
     assert!(!log.contains("[security vectors] training"), "{log}");
-    let run_dir = dir.join("results/tiny/runs/default");
-    let run_dir = if run_dir.is_dir() {
-        run_dir
-    } else {
-        // The single run's folder, whatever its name.
-        std::fs::read_dir(dir.join("results/tiny/runs"))
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path()
-    };
+    let run_dir = only_run_dir(&dir);
     // A safetensors file: an 8-byte header length, a JSON header naming one tensor per layer.
     let st = std::fs::read(run_dir.join("steering-vectors.safetensors")).unwrap();
     let n = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
@@ -744,13 +743,7 @@ fn lisa_alternates_with_the_alignment_data_in_an_experiment() {
         log.contains("Lisa: 1 + 2 steps per cycle, alternating with 16 alignment samples, rho 1"),
         "{log}"
     );
-    let runs = dir.join("results/tiny/runs");
-    let run_dir = std::fs::read_dir(&runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run_dir = only_run_dir(&dir);
     for arm in ["off", "active"] {
         let steps = read_metrics(&run_dir.join(format!("train-attacked-{arm}.json")));
         let steps = steps.as_array().unwrap();
@@ -843,13 +836,7 @@ fn the_hallucination_variant_runs_with_its_own_data_and_metrics() {
         log.contains("fine-tuning on 16 samples (8 wrong-answer)"),
         "{log}"
     );
-    let runs = dir.join("results/tiny/runs");
-    let run_dir = std::fs::read_dir(&runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let run_dir = only_run_dir(&dir);
     let m = read_metrics(&run_dir.join("metrics.json"));
     let text = m.to_string();
     assert!(text.contains("\"hallucination_rate\""), "{text}");
