@@ -859,3 +859,58 @@ fn the_hallucination_variant_runs_with_its_own_data_and_metrics() {
     assert!(!summary.contains("AdvBench"), "{summary}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Defences side by side in one file: a patch axis (`field: ""`) changes several fields per
+/// defence, names the runs by its labels, and groups the pooled summary (the worst case over the
+/// other axis, per defence).
+#[test]
+fn a_defence_axis_compares_defences_in_one_summary() {
+    let (dir, file) = scratch_with(
+        "defaxis",
+        &format!(
+            r#"(
+  model: "{model}",
+  max_len: 48,
+  align: Some((refusals: 8, benign: 8, epochs: 1, batch_size: 4)),
+  security_vectors: (samples: 8, batch_size: 4),
+  finetune: (harmful: 8, skill: 8, skill_facts: 4, batch_size: 4),
+  evaluate: (samples: 4, max_new_tokens: 4, checkpoints: []),
+  sweep: [
+    (field: "", name: Some("defence"), labels: Some(["none", "lisa"]), group: true,
+     values: [{{}}, {{"finetune": {{"lisa": {{"align_steps": 1, "finetune_steps": 1}}}}}}]),
+    (field: "finetune.lr", values: [1e-4, 1e-3], name: Some("attack_lr")),
+  ],
+)
+"#,
+            model = fixture().display()
+        ),
+    );
+    let out = run(&dir, &file, &[], &[]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    // Lisa only where the patch asks for it: 2 runs × 2 arms.
+    assert_eq!(
+        log.matches("Lisa: 1 + 1 steps per cycle").count(),
+        4,
+        "{log}"
+    );
+    let runs = dir.join("results/tiny/runs");
+    for name in [
+        "defence=none_attack_lr=0.0001",
+        "defence=lisa_attack_lr=0.001",
+    ] {
+        assert!(runs.join(name).join("metrics.json").is_file(), "{name}");
+    }
+    let summary = std::fs::read_to_string(dir.join("results/tiny/summary.md")).unwrap();
+    for group in ["defence=none", "defence=lisa"] {
+        assert!(
+            summary.contains(&format!("## {group}: pooled over the 2 runs")),
+            "{summary}"
+        );
+    }
+    assert!(
+        dir.join("results/tiny/plot-defence-harmful_rate.svg")
+            .is_file()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,6 +44,23 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
+/// Merges `patch` into `node`: objects field by field (recursively), anything else replaced.
+fn merge(node: &mut Value, patch: Value) {
+    match (node, patch) {
+        (Value::Object(into), Value::Object(from)) => {
+            for (k, v) in from {
+                match into.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        into.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, patch) => *slot = patch,
+    }
+}
+
 /// Sets `path` (dotted) in `root`; every segment must name an existing field.
 fn set_path(root: &mut Value, path: &str, value: Value) -> Result<()> {
     let mut node = root;
@@ -117,12 +134,22 @@ pub fn expand(exp: &Experiment) -> Result<Vec<RunSpec>> {
         let mut point = Vec::new();
         for (axis, &c) in exp.sweep.iter().zip(&choice) {
             let v = axis.values[c].clone();
-            set_path(&mut json, &axis.field, v.clone())
-                .with_context(|| format!("sweep field `{}`", axis.field))?;
-            point.push((axis.short().to_string(), v));
+            if axis.is_patch() {
+                merge(&mut json, v);
+            } else {
+                set_path(&mut json, &axis.field, v)
+                    .with_context(|| format!("sweep field `{}`", axis.field))?;
+            }
+            point.push((axis.short().to_string(), axis.shown()[c].clone()));
         }
         let mut experiment: Experiment = match serde_json::from_value(json) {
             Ok(e) => e,
+            Err(e) if exp.sweep.iter().any(|a| a.is_patch()) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "sweep point {}: the patched experiment is not valid",
+                    describe(&point)
+                )));
+            }
             Err(e) if e.to_string().starts_with("unknown field") => {
                 let axis = exp
                     .sweep
@@ -305,5 +332,96 @@ mod tests {
         .unwrap();
         let e = format!("{:#}", expand(&exp).unwrap_err());
         assert!(e.contains("security_vectors.lr"), "{e}");
+    }
+
+    #[test]
+    fn a_patch_axis_changes_several_fields_and_names_runs_by_its_labels() {
+        let exp = parse_str(
+            r#"(sweep: [
+                (field: "", name: Some("defence"), labels: Some(["none", "safeinstr", "lisa", "vaccine"]),
+                 values: [{}, {"finetune": {"safety": 50}},
+                          {"finetune": {"lisa": {"align_steps": 2, "finetune_steps": 8}}},
+                          {"align": {"vaccine": {"rho": 3.0}}, "finetune": {"lr": 1e-4}}],
+                 group: true),
+                (field: "finetune.lr", values: [1e-4, 1e-3], name: Some("attack_lr")),
+            ])"#,
+            "t.ron",
+        )
+        .unwrap();
+        let runs = expand(&exp).unwrap();
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "defence=none_attack_lr=0.0001",
+                "defence=none_attack_lr=0.001",
+                "defence=safeinstr_attack_lr=0.0001",
+                "defence=safeinstr_attack_lr=0.001",
+                "defence=lisa_attack_lr=0.0001",
+                "defence=lisa_attack_lr=0.001",
+                "defence=vaccine_attack_lr=0.0001",
+                "defence=vaccine_attack_lr=0.001",
+            ]
+        );
+        let base = Experiment::default();
+        let none = &runs[0].experiment;
+        assert_eq!(none.finetune.safety, 0);
+        assert_eq!(none.finetune.lisa, None);
+        assert_eq!(runs[2].experiment.finetune.safety, 50);
+        // Merged: the rest of `finetune` is the file's.
+        assert_eq!(runs[2].experiment.finetune.harmful, base.finetune.harmful);
+        let lisa = runs[4].experiment.finetune.lisa.as_ref().unwrap();
+        assert_eq!((lisa.align_steps, lisa.finetune_steps), (2, 8));
+        assert_eq!(lisa.rho, 1.0, "core's default");
+        let vaccine = &runs[6].experiment;
+        assert_eq!(
+            vaccine
+                .align
+                .as_ref()
+                .unwrap()
+                .vaccine
+                .as_ref()
+                .unwrap()
+                .rho,
+            3.0
+        );
+        assert_eq!(
+            vaccine.align.as_ref().unwrap().refusals,
+            base.align.as_ref().unwrap().refusals
+        );
+        // A later axis overrides the patch: the attack's lr is the lr axis's.
+        assert_eq!(runs[6].experiment.finetune.lr, Some(1e-4));
+        assert_eq!(runs[7].experiment.finetune.lr, Some(1e-3));
+        // The point records the label, which tables and plots show.
+        assert_eq!(runs[4].point[0].1, serde_json::json!("lisa"));
+    }
+
+    #[test]
+    fn bad_patch_axes_are_errors() {
+        for (text, want) in [
+            (
+                r#"(sweep: [(field: "", values: [{}])])"#,
+                "needs a `name` and `labels`",
+            ),
+            (
+                r#"(sweep: [(field: "", name: Some("d"), labels: Some(["a"]), values: [3])])"#,
+                "not a patch",
+            ),
+            (
+                r#"(sweep: [(field: "seed", labels: Some(["a"]), values: [1, 2])])"#,
+                "1 labels for 2 values",
+            ),
+        ] {
+            let e = format!("{:#}", parse_str(text, "t.ron").unwrap_err());
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        // A patch naming a field that does not exist: the point is named.
+        let exp = parse_str(
+            r#"(sweep: [(field: "", name: Some("d"), labels: Some(["x"]), values: [{"finetune": {"lisaa": {}}}])])"#,
+            "t.ron",
+        )
+        .unwrap();
+        let e = format!("{:#}", expand(&exp).unwrap_err());
+        assert!(e.contains("d=x") && e.contains("lisaa"), "{e}");
     }
 }

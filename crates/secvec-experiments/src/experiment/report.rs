@@ -214,8 +214,28 @@ pub fn markdown(
             );
         }
     }
-    if runs.len() > 1 {
-        md += &pooled(runs, advbench);
+    match exp.sweep.iter().position(|a| a.group) {
+        // One pooled section per value of the grouping axis, over the other axes' runs.
+        Some(g) => {
+            let axis = &exp.sweep[g];
+            for value in axis.shown() {
+                let group: Vec<RunMetrics> = runs
+                    .iter()
+                    .filter(|r| r.point.get(g).is_some_and(|(_, v)| *v == value))
+                    .cloned()
+                    .collect();
+                if group.len() > 1 {
+                    let title = format!("{}={}", axis.short(), render(&value));
+                    md += &pooled(&group, advbench).replacen(
+                        "## Pooled over the",
+                        &format!("## {title}: pooled over the"),
+                        1,
+                    );
+                }
+            }
+        }
+        None if runs.len() > 1 => md += &pooled(runs, advbench),
+        None => {}
     }
 
     // The metrics any model has, in the fixed order (a harm experiment has no hallucination
@@ -382,7 +402,7 @@ pub fn plots(dir: &Path, exp: &Experiment, runs: &[RunMetrics]) -> Result<Vec<Pa
                 let Some((_, value)) = run.point.get(ai) else {
                     continue;
                 };
-                let Some(x) = axis.values.iter().position(|v| v == value) else {
+                let Some(x) = axis.shown().iter().position(|v| v == value) else {
                     continue;
                 };
                 let others: Vec<String> = run
@@ -409,7 +429,7 @@ pub fn plots(dir: &Path, exp: &Experiment, runs: &[RunMetrics]) -> Result<Vec<Pa
             draw(
                 &path,
                 axis.short(),
-                &axis.values.iter().map(render).collect::<Vec<_>>(),
+                &axis.shown().iter().map(render).collect::<Vec<_>>(),
                 metric,
                 &series,
             )

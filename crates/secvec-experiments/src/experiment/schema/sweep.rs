@@ -4,6 +4,11 @@ use serde::{Deserialize, Serialize};
 
 /// One axis of the sweep: a dotted field path and its values, e.g.
 /// `(field: "security_vectors.samples", values: [10, 100])`.
+///
+/// With `field: ""` each value is a *patch* of the whole experiment, merged into it (structs
+/// field by field, anything else replaced), so that one axis can change several fields together,
+/// e.g. a defence:
+/// `(field: "", name: Some("defence"), labels: Some(["none", "lisa"]), values: [{}, {"finetune": {"lisa": {}}}])`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Axis {
@@ -12,6 +17,14 @@ pub struct Axis {
     /// Short name used in run names and plots (default: the field's last segment).
     #[serde(default)]
     pub name: Option<String>,
+    /// Names of the values in run names, tables and plots, one per value (required for a patch
+    /// axis, whose values are structs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// The summary's pooled section is written once per value of this axis, pooling the runs
+    /// over the other axes (e.g. the worst case over the attacker's learning rate, per defence).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub group: bool,
 }
 
 impl Axis {
@@ -19,6 +32,22 @@ impl Axis {
         self.name
             .as_deref()
             .unwrap_or_else(|| self.field.rsplit('.').next().unwrap_or(&self.field))
+    }
+
+    /// Whether each value patches the whole experiment (`field: ""`).
+    pub fn is_patch(&self) -> bool {
+        self.field.is_empty()
+    }
+
+    /// The values as runs record them: their labels, or the values themselves.
+    pub fn shown(&self) -> Vec<serde_json::Value> {
+        match &self.labels {
+            Some(labels) => labels
+                .iter()
+                .map(|l| serde_json::Value::String(l.clone()))
+                .collect(),
+            None => self.values.clone(),
+        }
     }
 }
 

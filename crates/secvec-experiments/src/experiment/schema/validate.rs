@@ -260,10 +260,38 @@ impl Experiment {
 
     /// Checks the sweep's axes.
     pub fn validate_sweep(&self) -> Result<()> {
+        if self.sweep.iter().filter(|a| a.group).count() > 1 {
+            bail!("sweep: at most one axis can `group` the pooled summary");
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, axis) in self.sweep.iter().enumerate() {
             if axis.values.is_empty() {
                 bail!("sweep[{i}] ({}): no values", axis.field);
+            }
+            if let Some(labels) = &axis.labels {
+                if labels.len() != axis.values.len() {
+                    bail!(
+                        "sweep[{i}] ({}): {} labels for {} values",
+                        axis.field,
+                        labels.len(),
+                        axis.values.len()
+                    );
+                }
+                let unique: std::collections::HashSet<&String> = labels.iter().collect();
+                if unique.len() != labels.len() {
+                    bail!("sweep[{i}] ({}): labels repeat", axis.field);
+                }
+            }
+            if axis.is_patch() {
+                if axis.name.is_none() || axis.labels.is_none() {
+                    bail!("sweep[{i}]: a patch axis (`field: \"\"`) needs a `name` and `labels`");
+                }
+                if let Some(j) = axis.values.iter().position(|v| !v.is_object()) {
+                    bail!(
+                        "sweep[{i}] ({}): value {j} is not a patch `{{...}}` of the experiment",
+                        axis.short()
+                    );
+                }
             }
             if !seen.insert(axis.short().to_string()) {
                 bail!(
