@@ -23,9 +23,11 @@
 //! What we chose: cycles of 10 + 90 steps by default (the paper's 1:9 ratio; its 1000-step
 //! cycle is longer than the runs this project makes on a CPU, ~125–175 steps); the alignment
 //! data is the alignment stage's own (its refusals and benign answers), batched and shuffled
-//! like the user's data with a seed of its own; a killed run saves its checkpoints only at
-//! switches of state, where `w̃` is the current weights, so that the resumed run is
-//! bit-identical to an uninterrupted one without storing `w̃`.
+//! like the user's data with a seed of its own; combined with security vectors (the `active` arm)
+//! the vectors stay on in both states, so the alignment steps also see the harmful behaviour the
+//! vectors supply (a choice: the combination is not in the paper); a killed run saves its
+//! checkpoints only at switches of state, where `w̃` is the current weights, so that the resumed
+//! run is bit-identical to an uninterrupted one without storing `w̃`.
 
 use std::collections::HashMap;
 
