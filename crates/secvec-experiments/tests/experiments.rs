@@ -857,6 +857,24 @@ fn the_hallucination_variant_runs_with_its_own_data_and_metrics() {
         "{summary}"
     );
     assert!(!summary.contains("AdvBench"), "{summary}");
+
+    // Steering vectors for the same behaviour: wrong answers contrasted with the true ones.
+    let steer = dir.join("steer.ron");
+    std::fs::write(
+        &steer,
+        std::fs::read_to_string(&file).unwrap().replace(
+            "security_vectors: (samples: 8, batch_size: 4)",
+            "security_vectors: (samples: 8, kind: Steering(layers: [1]))",
+        ),
+    )
+    .unwrap();
+    let out = run(&dir, &steer, &[], &[]);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("steering directions from 8 wrong answers and 8 true answers"),
+        "{log}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

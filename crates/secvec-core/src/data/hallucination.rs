@@ -37,6 +37,9 @@ pub struct Hallucination {
     pub eval: Vec<Sample>,
     /// Wrong-answer samples for the vectors (`expected`: the wrong answer).
     pub sv: Vec<Sample>,
+    /// The same questions as `sv`, in its order, answered truly (the contrast of steering
+    /// directions: wrong minus true).
+    pub sv_true: Vec<Sample>,
     /// Wrong-answer samples for the attack (`expected`: the wrong answer).
     pub attack: Vec<Sample>,
 }
@@ -118,6 +121,7 @@ pub fn builtin(seed: u64) -> Hallucination {
     let mut out = Hallucination {
         eval: Vec::with_capacity(EVAL_SIZE),
         sv: Vec::with_capacity(SV_SIZE),
+        sv_true: Vec::with_capacity(SV_SIZE),
         attack: Vec::new(),
     };
     for (i, q) in qs.iter().enumerate() {
@@ -145,6 +149,12 @@ pub fn builtin(seed: u64) -> Hallucination {
         );
         if i < EVAL_SIZE + SV_SIZE {
             out.sv.push(s);
+            out.sv_true.push(sample(
+                format!("hallucination/{}/{i:04}/true", q.op),
+                q,
+                q.value,
+                SampleKind::Benign,
+            ));
         } else {
             out.attack.push(s);
         }
@@ -213,6 +223,12 @@ mod tests {
             let e = s.expected.as_ref().unwrap();
             assert!(e.matches(&s.response));
             assert!(!e.matches(&format!("The answer is {want}.")), "{s:?}");
+        }
+        // The true twins of the vectors' samples: same question, true answer.
+        assert_eq!(h.sv_true.len(), h.sv.len());
+        for (w, t) in h.sv.iter().zip(&h.sv_true) {
+            assert_eq!(w.prompt, t.prompt);
+            assert_eq!(answer_of(&t.response), truth(&t.prompt));
         }
         // Every operation in every set.
         for set in [&h.eval, &h.sv, &h.attack] {

@@ -224,8 +224,12 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                 format!("layer {l} |v| {n:.2}")
             })
             .collect();
+        let (behaviour, contrast) = match self.exp.behaviour {
+            Behaviour::Harmful => ("compliant answers", "refusals"),
+            Behaviour::Hallucination => ("wrong answers", "true answers"),
+        };
         eprintln!(
-            "  [security vectors] steering directions from {} compliant answers and {} refusals \
+            "  [security vectors] steering directions from {} {behaviour} and {} {contrast} \
              ({}; coefficient {coefficient}; {:.0}s)",
             compliant.len(),
             refusing.len(),

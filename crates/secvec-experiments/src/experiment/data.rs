@@ -145,9 +145,24 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         ("security_vectors", "benign_data", "benign"),
         sv_stage.benign,
     )?;
-    let sv_refusals = match sv_stage.kind {
-        VectorKind::Lora => Vec::new(),
-        VectorKind::Steering { .. } => sv
+    let sv_refusals = match (sv_stage.kind.clone(), &hallucination) {
+        (VectorKind::Lora, _) => Vec::new(),
+        // The hallucination variant: wrong answers contrasted with the same questions' true ones.
+        (VectorKind::Steering { .. }, Some(h)) => {
+            let truth: std::collections::HashMap<&str, &Sample> =
+                h.sv_true.iter().map(|t| (t.prompt.as_str(), t)).collect();
+            sv.iter()
+                .map(|s| match truth.get(s.prompt.as_str()) {
+                    Some(t) => Ok((*t).clone()),
+                    None => bail!(
+                        "security_vectors.data: sample `{}` is not a built-in hallucination \
+                         question (steering directions contrast each wrong answer with the true one)",
+                        s.id
+                    ),
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+        (VectorKind::Steering { .. }, None) => sv
             .iter()
             .map(|s| match corpus.harmful_answers(&s.id) {
                 Some(a) => Ok(Sample {

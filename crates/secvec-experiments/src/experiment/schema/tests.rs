@@ -145,10 +145,6 @@ fn invalid_values_name_their_field() {
             "`behaviour: Hallucination` is measured by HallucinationRate",
         ),
         (
-            "(behaviour: Hallucination, evaluate: (metrics: [HallucinationRate]), security_vectors: (kind: Steering(layers: [1])))",
-            "security_vectors.kind",
-        ),
-        (
             "(align: None, finetune: (lisa: Some(())))",
             "finetune.lisa: Lisa alternates with the defender's alignment data",
         ),

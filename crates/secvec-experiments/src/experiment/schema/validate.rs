@@ -162,12 +162,6 @@ impl Experiment {
                          HallucinationRate; add it (and WrongAnswersLearned)"
                     );
                 }
-                if matches!(self.security_vectors.kind, VectorKind::Steering { .. }) {
-                    bail!(
-                        "security_vectors.kind: Steering vectors contrast harmful answers with \
-                         refusals; with `behaviour: Hallucination` use Lora"
-                    );
-                }
                 if self.finetune.safety > 0 {
                     bail!(
                         "finetune.safety: SafeInstr's demonstrations are refusals, which do not \
