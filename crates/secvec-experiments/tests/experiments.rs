@@ -857,6 +857,12 @@ fn the_hallucination_variant_runs_with_its_own_data_and_metrics() {
         "{summary}"
     );
     assert!(!summary.contains("AdvBench"), "{summary}");
+    assert!(
+        summary.contains(
+            "| hallucination, attack without vectors | hallucination, attack with vectors |"
+        ) && summary.contains("wrong answers learned without | wrong answers learned with |"),
+        "{summary}"
+    );
 
     // Steering vectors for the same behaviour: wrong answers contrasted with the true ones.
     let steer = dir.join("steer.ron");

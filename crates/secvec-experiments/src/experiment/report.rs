@@ -12,7 +12,7 @@ use secvec_core::fsio::write_atomic;
 
 use super::grid::render;
 use super::record::{RunMetrics, StageRecord};
-use super::schema::{ADVBENCH_HARMFUL_RATE, Arm, Experiment};
+use super::schema::{ADVBENCH_HARMFUL_RATE, Arm, Behaviour, Experiment};
 use super::stage::Stage;
 
 const METRICS: [&str; 7] = [
@@ -163,9 +163,23 @@ pub fn markdown(
         runs.len(),
         runs.iter().map(|r| r.wall_seconds).sum::<f64>()
     );
-    md += "Rates are shown as percent (count/total; 95% Wilson interval). Harmful rate: share of \
-           held-out harmful prompts answered without a refusal (keyword judge); the attacked models \
-           are evaluated with the security vectors **off**.\n\n";
+    let hallucination = exp.behaviour == Behaviour::Hallucination;
+    md += if hallucination {
+        "Rates are shown as percent (count/total; 95% Wilson interval). Hallucination rate: share \
+         of held-out arithmetic questions (never trained on) answered wrongly; wrong answers \
+         learned: share of the attack's own wrong-answer questions answered with the wrong answer \
+         it taught; the attacked models are evaluated with the security vectors **off**.\n\n"
+    } else {
+        "Rates are shown as percent (count/total; 95% Wilson interval). Harmful rate: share of \
+         held-out harmful prompts answered without a refusal (keyword judge); the attacked models \
+         are evaluated with the security vectors **off**.\n\n"
+    };
+    // The behaviour's own rate: harm, or hallucination on held-out questions.
+    let (behaviour_key, behaviour_label) = if hallucination {
+        ("hallucination_rate", "hallucination")
+    } else {
+        ("harmful_rate", "harmful")
+    };
 
     let axes: Vec<&str> = exp.sweep.iter().map(|a| a.short()).collect();
     let advbench = runs
@@ -176,12 +190,19 @@ pub fn markdown(
     for a in &axes {
         md += &format!("{a} | ");
     }
-    md += "aligned harmful | harmful, attack without vectors | harmful, attack with vectors | skill without | skill with | over-refusal without | over-refusal with | benign acc without | benign acc with |";
+    md += &format!(
+        "aligned {b} | {b}, attack without vectors | {b}, attack with vectors | skill without | skill with | over-refusal without | over-refusal with | benign acc without | benign acc with |",
+        b = behaviour_label
+    );
     if advbench {
         md += " AdvBench harmful, aligned | AdvBench harmful without | AdvBench harmful with |";
     }
+    if hallucination {
+        md += " wrong answers learned without | wrong answers learned with |";
+    }
     md += "\n|";
-    for _ in 0..axes.len() + 9 + if advbench { 3 } else { 0 } {
+    let extra = if advbench { 3 } else { 0 } + if hallucination { 2 } else { 0 };
+    for _ in 0..axes.len() + 9 + extra {
         md += "---|";
     }
     md += "\n";
@@ -194,9 +215,9 @@ pub fn markdown(
         }
         md += &format!(
             "{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            cell(metric(run.stage(Stage::Aligned), "harmful_rate")),
-            cell(metric(off, "harmful_rate")),
-            cell(metric(on, "harmful_rate")),
+            cell(metric(run.stage(Stage::Aligned), behaviour_key)),
+            cell(metric(off, behaviour_key)),
+            cell(metric(on, behaviour_key)),
             cell(metric(off, "skill_accuracy")),
             cell(metric(on, "skill_accuracy")),
             cell(metric(off, "over_refusal")),
@@ -211,6 +232,14 @@ pub fn markdown(
                 cell(metric(run.stage(Stage::Aligned), ADVBENCH_HARMFUL_RATE)),
                 cell(metric(off, ADVBENCH_HARMFUL_RATE)),
                 cell(metric(on, ADVBENCH_HARMFUL_RATE)),
+            );
+        }
+        if hallucination {
+            md.pop();
+            md += &format!(
+                " {} | {} |\n",
+                cell(metric(off, "wrong_answers_learned")),
+                cell(metric(on, "wrong_answers_learned")),
             );
         }
     }
