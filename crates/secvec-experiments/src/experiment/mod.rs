@@ -11,6 +11,7 @@ mod expect;
 pub mod grid;
 pub mod lock;
 mod plan;
+mod plot;
 pub mod record;
 pub mod report;
 pub mod runner;
