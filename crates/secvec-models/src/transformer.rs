@@ -194,18 +194,9 @@ impl<B: Backend> Llama<B> {
         ids: Tensor<B, 2, Int>,
         positions: &Tensor<B, 2, Int>,
         mask: &Tensor<B, 4, Bool>,
-        mut cache: Option<&mut KvCache<B>>,
+        cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
-        let mut x = self
-            .precision
-            .to_f32(embedding(self.embed_tokens.val(), ids));
-        // The tokens' rotary tables, gathered once for all layers.
-        let rope = self.rope.tables(positions);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            x = layer.forward(x, &rope, mask, layer_cache, self.precision);
-        }
-        self.norm.forward(x, self.precision)
+        self.hidden(ids, positions, mask, cache, None)
     }
 
     /// [`Llama::forward_hidden`] without a cache, with `attn_deltas[i]` `[batch, seq, hidden]`
@@ -223,12 +214,28 @@ impl<B: Backend> Llama<B> {
             self.layers.len(),
             "one attention perturbation per layer"
         );
+        self.hidden(ids, positions, mask, None, Some(attn_deltas))
+    }
+
+    /// The decoder: embeddings, every layer (with its cache, and its attention perturbation if
+    /// given), the final norm.
+    fn hidden(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        positions: &Tensor<B, 2, Int>,
+        mask: &Tensor<B, 4, Bool>,
+        mut cache: Option<&mut KvCache<B>>,
+        attn_deltas: Option<&[Tensor<B, 3>]>,
+    ) -> Tensor<B, 3> {
         let mut x = self
             .precision
             .to_f32(embedding(self.embed_tokens.val(), ids));
+        // The tokens' rotary tables, gathered once for all layers.
         let rope = self.rope.tables(positions);
-        for (layer, d) in self.layers.iter().zip(attn_deltas) {
-            x = layer.forward_perturbed(x, &rope, mask, None, self.precision, Some(d.clone()));
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            let delta = attn_deltas.map(|d| d[i].clone());
+            x = layer.forward_perturbed(x, &rope, mask, layer_cache, self.precision, delta);
         }
         self.norm.forward(x, self.precision)
     }

@@ -42,4 +42,18 @@ impl Defence<'_> {
             _ => None,
         }
     }
+
+    /// What the defence adds to a training run's identity (its checkpoint fingerprint): its
+    /// settings; empty without one, which keeps the fingerprints of plain runs.
+    pub(crate) fn salt(&self) -> String {
+        match self {
+            Defence::None => String::new(),
+            Defence::Lisa(b) => {
+                format!("lisa {}", serde_json::to_string(b.cfg).unwrap_or_default())
+            }
+            Defence::Vaccine(v) => {
+                format!("vaccine {}", serde_json::to_string(v).unwrap_or_default())
+            }
+        }
+    }
 }

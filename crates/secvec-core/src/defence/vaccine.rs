@@ -110,10 +110,12 @@ pub fn perturbed_nll_sum<B: AutodiffBackend>(
                 .unwrap_or_else(|| Tensor::zeros([b, len, hidden], &device))
         })
         .collect();
+    // One read from the device for all layers.
     let norm = g
         .iter()
-        .map(|g| g.clone().powi_scalar(2).sum().into_scalar().elem::<f64>())
-        .sum::<f64>()
+        .map(|g| g.clone().powi_scalar(2).sum())
+        .reduce(|a, b| a + b)
+        .map_or(0.0, |s| s.into_scalar().elem::<f64>())
         .sqrt();
     let scale = rho / (norm + 1e-7);
     let e: Vec<Tensor<B, 3>> = g

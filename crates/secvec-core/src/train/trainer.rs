@@ -163,6 +163,15 @@ fn fit(examples: &[TrainExample], max_len: usize) -> Vec<Cow<'_, TrainExample>> 
         .collect()
 }
 
+/// The examples left with a response token (the others are not trained on).
+fn trainable<'a>(fitted: &'a [Cow<'_, TrainExample>]) -> Vec<&'a TrainExample> {
+    fitted
+        .iter()
+        .map(|e| e.as_ref())
+        .filter(|e| e.n_target() > 0)
+        .collect()
+}
+
 /// [`train`] under a defence that changes how it trains: Lisa's bi-state optimization
 /// ([`crate::defence::lisa`]: steps on the alignment data replace steps on `examples` in cycles,
 /// and after the first part of the run every step's loss carries the proximal term) or Vaccine's
@@ -178,19 +187,10 @@ pub(crate) fn train_with<B: AutodiffBackend>(
     cfg.validate().map_err(CoreError::InvalidConfig)?;
     let bi = defence.lisa();
     let vaccine = defence.vaccine();
-    // An example left without a response token is not trained on.
     let fitted = fit(examples, cfg.max_len);
-    let usable: Vec<&TrainExample> = fitted
-        .iter()
-        .map(|e| e.as_ref())
-        .filter(|e| e.n_target() > 0)
-        .collect();
+    let usable = trainable(&fitted);
     let fitted_guide = bi.map(|b| fit(b.guide, cfg.max_len)).unwrap_or_default();
-    let guide: Vec<&TrainExample> = fitted_guide
-        .iter()
-        .map(|e| e.as_ref())
-        .filter(|e| e.n_target() > 0)
-        .collect();
+    let guide = trainable(&fitted_guide);
     if bi.is_some() && guide.is_empty() {
         return Err(CoreError::InvalidConfig(
             "lisa: no alignment example has a response token (max_len too small?)".into(),
@@ -278,18 +278,9 @@ pub(crate) fn train_with<B: AutodiffBackend>(
 
     // A saved state of this very run (same configuration, steps and examples): continue after
     // its last step.
-    let fingerprint = match (bi, vaccine) {
-        (Some(b), _) => {
-            let all: Vec<&TrainExample> = usable.iter().chain(&guide).copied().collect();
-            let salt = serde_json::to_string(b.cfg).unwrap_or_default();
-            resume::fingerprint(cfg, total, &all, &format!("lisa {salt} {}", guide.len()))
-        }
-        (None, Some(v)) => {
-            let salt = serde_json::to_string(v).unwrap_or_default();
-            resume::fingerprint(cfg, total, &usable, &format!("vaccine {salt}"))
-        }
-        (None, None) => resume::fingerprint(cfg, total, &usable, ""),
-    };
+    // Lisa's alignment data (empty otherwise) is part of what the run trains on.
+    let all: Vec<&TrainExample> = usable.iter().chain(&guide).copied().collect();
+    let fingerprint = resume::fingerprint(cfg, total, &all, &defence.salt());
     let mut report = TrainReport::default();
     let mut done = 0;
     let mut seconds_before = 0.0;

@@ -51,6 +51,14 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         &self.evaluator.dir
     }
 
+    /// The alignment stage's data: its refusals, then its benign answers (also Lisa's
+    /// alignment data).
+    pub(super) fn align_data(&self) -> Vec<Sample> {
+        let mut data = self.data.align_refusals.clone();
+        data.extend(self.data.align_benign.iter().cloned());
+        data
+    }
+
     pub(super) fn encode(&self, samples: &[Sample]) -> Result<Vec<TrainExample>> {
         Ok(encode_pairs(
             self.tok(),
@@ -117,8 +125,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             return Ok((model, "none".into()));
         };
         let cfg = convert::align(self.exp, a);
-        let mut align_data = self.data.align_refusals.clone();
-        align_data.extend(self.data.align_benign.iter().cloned());
+        let align_data = self.align_data();
         let key = self.key(
             serde_json::json!(a),
             serde_json::json!({ "data": samples_digest(&align_data) }),
@@ -267,9 +274,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         let Some(lisa) = &self.exp.finetune.lisa else {
             return Ok(finetune(model, examples, pad, cfg, &mut NoCallback)?);
         };
-        let mut align_data = self.data.align_refusals.clone();
-        align_data.extend(self.data.align_benign.iter().cloned());
-        let guide = self.encode(&align_data)?;
+        let guide = self.encode(&self.align_data())?;
         eprintln!(
             "  Lisa: {} + {} steps per cycle, alternating with {} alignment samples, rho {}",
             lisa.align_steps,

@@ -145,7 +145,7 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         ("security_vectors", "benign_data", "benign"),
         sv_stage.benign,
     )?;
-    let sv_refusals = match (sv_stage.kind.clone(), &hallucination) {
+    let sv_refusals = match (&sv_stage.kind, &hallucination) {
         (VectorKind::Lora, _) => Vec::new(),
         // The hallucination variant: wrong answers contrasted with the same questions' true ones.
         (VectorKind::Steering { .. }, Some(h)) => {

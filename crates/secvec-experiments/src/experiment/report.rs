@@ -56,6 +56,13 @@ fn cell(r: Option<&Rate>) -> String {
     }
 }
 
+/// Whether any evaluated model of `runs` has metric `key`.
+fn has_metric(runs: &[RunMetrics], key: &str) -> bool {
+    runs.iter()
+        .flat_map(|r| &r.stages)
+        .any(|s| s.metrics.contains_key(key))
+}
+
 fn metric<'a>(stage: Option<&'a StageRecord>, name: &str) -> Option<&'a Rate> {
     stage.and_then(|s| s.metrics.get(name))
 }
@@ -181,10 +188,7 @@ pub fn markdown(
     };
 
     let axes: Vec<&str> = exp.sweep.iter().map(|a| a.short()).collect();
-    let advbench = runs
-        .iter()
-        .flat_map(|r| &r.stages)
-        .any(|s| s.metrics.contains_key(ADVBENCH_HARMFUL_RATE));
+    let advbench = has_metric(runs, ADVBENCH_HARMFUL_RATE);
     md += "## With and without security vectors\n\n| ";
     for a in &axes {
         md += &format!("{a} | ");
@@ -270,10 +274,7 @@ pub fn markdown(
     // columns, an experiment without AdvBench no AdvBench column).
     let shown: Vec<&str> = METRICS
         .into_iter()
-        .filter(|m| {
-            runs.iter()
-                .any(|r| r.stages.iter().any(|s| s.metrics.contains_key(*m)))
-        })
+        .filter(|m| has_metric(runs, m))
         .collect();
     md += "\n## Every evaluated model\n\n| run | model |";
     for m in &shown {
@@ -339,16 +340,12 @@ fn pooled(runs: &[RunMetrics], advbench: bool) -> String {
         ));
     }
     // The hallucination variant's, where the runs have them (and no harm where they do not).
-    let has = |key: &str| {
-        runs.iter()
-            .any(|r| r.stages.iter().any(|s| s.metrics.contains_key(key)))
-    };
-    metrics.retain(|(_, key, _)| has(key));
+    metrics.retain(|(_, key, _)| has_metric(runs, key));
     for (label, key) in [
         ("hallucination rate (held-out)", "hallucination_rate"),
         ("wrong answers learned", "wrong_answers_learned"),
     ] {
-        if has(key) {
+        if has_metric(runs, key) {
             metrics.push((label, key, Worse::Higher));
         }
     }
