@@ -36,8 +36,11 @@
 //! models (to switch RoPE from "rotate half" to interleaved pairs); [`unpermute_qk`] undoes that.
 
 mod dequant;
+mod ggml_type;
+mod parse;
 mod reader;
 pub mod tokenizer;
+mod value;
 pub mod writer;
 
 #[cfg(test)]
@@ -45,9 +48,12 @@ mod tests;
 
 use std::path::PathBuf;
 
-pub use dequant::{DequantError, GgmlType, dequantize};
-pub use reader::{GgufFile, MAX_ARRAY_DEPTH, MAX_DIMS, MetadataValue, TensorInfo};
+pub use dequant::{DequantError, dequantize};
+pub use ggml_type::GgmlType;
+pub use parse::{MAX_ARRAY_DEPTH, MAX_DIMS};
+pub use reader::{GgufFile, TensorInfo};
 pub use tokenizer::{GgufSpecialTokens, chat_template, tokenizer_json_from_gguf};
+pub use value::MetadataValue;
 
 /// Everything that can go wrong while reading a GGUF file.
 ///

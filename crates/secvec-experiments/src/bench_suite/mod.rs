@@ -11,18 +11,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
-use burn::tensor::backend::AutodiffBackend;
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use serde::{Deserialize, Serialize};
 
-use secvec_core::adapter::{AdapterConfig, add_adapter, set_adapter_trainable, set_base_trainable};
-use secvec_core::train::{NoCallback, TrainConfig, TrainExample, train};
-use secvec_models::weights::random_llama;
-use secvec_models::{GenerationConfig, LlamaConfig, Sampling, generate};
+use secvec_models::LlamaConfig;
 
-use crate::backend::{BackendKind, Job, dispatch};
-use crate::bench::{dtype_suffix, median, peak_rss_mib};
+use crate::backend::{BackendKind, dispatch};
+use crate::bench::dtype_suffix;
+
+mod case;
+mod report;
+
+use case::{Child, failed_case};
+use report::load_reference;
+pub use report::{CaseResult, SuiteReport, markdown};
 
 /// The benchmarked shapes.
 pub fn shape(name: &str) -> Result<LlamaConfig> {
@@ -94,216 +94,6 @@ pub struct SuiteArgs {
     /// Internal: run one case (`shape:case[:batch]`) and print its JSON.
     #[arg(long, hide = true)]
     pub child: Option<String>,
-}
-
-/// One measured case; `bench/reference_torch.py` writes the same fields.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CaseResult {
-    pub shape: String,
-    /// `train-lora`, `train-full` or `generate`.
-    pub case: String,
-    /// Sequences per step (training) or prompts (generation).
-    pub batch: usize,
-    pub tokens_per_s: f64,
-    /// Seconds until the first step/call finished (compilation, autotune, allocation).
-    pub warmup_seconds: f64,
-    /// Median seconds per timed step (training) or per generate call.
-    pub seconds: f64,
-    pub params: usize,
-    pub trainable_params: usize,
-    pub model_tflops: Option<f64>,
-    pub peak_host_mib: Option<f64>,
-    pub peak_gpu_mib: Option<f64>,
-    pub error: Option<String>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct SuiteReport {
-    pub tool: String,
-    pub backend: String,
-    pub dtype: String,
-    pub device: String,
-    pub command: String,
-    pub results: Vec<CaseResult>,
-}
-
-#[cfg(test)]
-impl SuiteReport {
-    /// The same report header with other results.
-    pub fn clone_with(&self, results: Vec<CaseResult>) -> SuiteReport {
-        SuiteReport {
-            tool: self.tool.clone(),
-            backend: self.backend.clone(),
-            dtype: self.dtype.clone(),
-            device: self.device.clone(),
-            command: self.command.clone(),
-            results,
-        }
-    }
-}
-
-/// Model FLOPs per trained token: 6·N for full fine-tuning (forward, input and weight
-/// gradients), 4·N with a frozen base (no weight gradients), plus attention 12·L·d·T (6·...·T for
-/// the forward+backward of QKᵀ and AV at context T, halved for causal masking is ignored here).
-fn train_flops_per_token(cfg: &LlamaConfig, params: usize, full: bool, seq: usize) -> f64 {
-    let n = params as f64;
-    let attn = 12.0 * cfg.num_layers as f64 * cfg.hidden_size as f64 * seq as f64;
-    if full {
-        6.0 * n + attn
-    } else {
-        4.0 * n + attn * 2.0 / 3.0
-    }
-}
-
-struct Child {
-    spec: String,
-    args: SuiteArgs,
-}
-
-impl Job for Child {
-    type Output = CaseResult;
-
-    fn run<B: AutodiffBackend>(
-        self,
-        device: B::Device,
-        _backend: BackendKind,
-    ) -> Result<CaseResult> {
-        let parts: Vec<&str> = self.spec.split(':').collect();
-        let (shape_name, case) = (parts[0], parts[1]);
-        let cfg = shape(shape_name)?;
-        let a = &self.args;
-        secvec_models::precision::probe::<B>(a.dtype, &device).map_err(anyhow::Error::msg)?;
-        let mut rng = StdRng::seed_from_u64(0);
-        let vocab = cfg.vocab_size as u32;
-        if case == "generate" {
-            let batch: usize = parts.get(2).and_then(|b| b.parse().ok()).unwrap_or(1);
-            // Inference: weights stored in the compute dtype, as the torch reference converts the
-            // model with `.to(bfloat16)` for generation.
-            let model = random_llama::<B::InnerBackend>(&cfg, 0, &device)
-                .with_precision(a.dtype)
-                .with_half_weights();
-            let params = model.num_params();
-            let prompts: Vec<Vec<u32>> = (0..batch)
-                .map(|_| {
-                    (0..a.prompt_tokens)
-                        .map(|_| rng.random_range(3..vocab))
-                        .collect()
-                })
-                .collect();
-            let gc = GenerationConfig {
-                max_new_tokens: a.new_tokens,
-                sampling: Sampling::Greedy,
-                stop_tokens: vec![],
-            };
-            let t = Instant::now();
-            generate(&model, &prompts, 0, &gc)?;
-            let warmup = t.elapsed().as_secs_f64();
-            let mut times = Vec::new();
-            for _ in 0..3 {
-                let t = Instant::now();
-                let out = generate(&model, &prompts, 0, &gc)?;
-                times.push(t.elapsed().as_secs_f64());
-                anyhow::ensure!(out.iter().all(|o| o.tokens.len() == a.new_tokens));
-            }
-            let secs = median(times);
-            let tps = (batch * a.new_tokens) as f64 / secs;
-            return Ok(CaseResult {
-                shape: shape_name.into(),
-                case: case.into(),
-                batch,
-                tokens_per_s: tps,
-                warmup_seconds: warmup,
-                seconds: secs,
-                params,
-                trainable_params: 0,
-                // Decoding: 2·N per new token (the prompt's prefill is not counted).
-                model_tflops: Some(2.0 * params as f64 * tps / 1e12),
-                peak_host_mib: peak_rss_mib(),
-                peak_gpu_mib: None,
-                error: None,
-            });
-        }
-        let mut model = random_llama::<B>(&cfg, 0, &device).with_precision(a.dtype);
-        let params = model.num_params();
-        let full = match case {
-            "train-lora" => {
-                set_base_trainable(&mut model, false);
-                let ac = AdapterConfig {
-                    rank: 8,
-                    alpha: 16.0,
-                    targets: vec!["q_proj".into(), "v_proj".into()],
-                    ..AdapterConfig::default()
-                };
-                add_adapter(&mut model, "task", &ac)?;
-                set_adapter_trainable(&mut model, "task", true)?;
-                false
-            }
-            "train-full" => {
-                set_base_trainable(&mut model, true);
-                true
-            }
-            other => bail!("unknown case `{other}`"),
-        };
-        let trainable = model.num_params() - if full { 0 } else { params };
-        let data: Vec<TrainExample> = (0..a.train_batch)
-            .map(|_| TrainExample {
-                ids: (0..a.seq_len).map(|_| rng.random_range(3..vocab)).collect(),
-                n_prompt: 1,
-            })
-            .collect();
-        let tc = |steps| TrainConfig {
-            lr: 1e-5,
-            max_steps: Some(steps),
-            batch_size: a.train_batch,
-            max_len: a.seq_len,
-            progress: false,
-            ..TrainConfig::default()
-        };
-        let t = Instant::now();
-        let (model, _) = train(model, &data, 0, &tc(a.warmup_steps.max(1)), &mut NoCallback)?;
-        let warmup = t.elapsed().as_secs_f64();
-        let (_, report) = train(model, &data, 0, &tc(a.steps.max(1)), &mut NoCallback)?;
-        let secs = median(report.steps.iter().map(|s| s.seconds).collect());
-        let tps = (a.train_batch * a.seq_len) as f64 / secs;
-        Ok(CaseResult {
-            shape: shape_name.into(),
-            case: case.into(),
-            batch: a.train_batch,
-            tokens_per_s: tps,
-            warmup_seconds: warmup,
-            seconds: secs,
-            params,
-            trainable_params: trainable,
-            model_tflops: Some(train_flops_per_token(&cfg, params, full, a.seq_len) * tps / 1e12),
-            peak_host_mib: peak_rss_mib(),
-            peak_gpu_mib: None,
-            error: None,
-        })
-    }
-}
-
-/// A case that did not produce a measurement.
-fn failed_case(
-    shape: &str,
-    case: &str,
-    batch: usize,
-    peak_gpu_mib: Option<f64>,
-    error: String,
-) -> CaseResult {
-    CaseResult {
-        shape: shape.into(),
-        case: case.into(),
-        batch,
-        tokens_per_s: 0.0,
-        warmup_seconds: 0.0,
-        seconds: 0.0,
-        params: 0,
-        trainable_params: 0,
-        model_tflops: None,
-        peak_host_mib: None,
-        peak_gpu_mib,
-        error: Some(error),
-    }
 }
 
 /// `MemAvailable` of /proc/meminfo (Linux), MiB.
@@ -550,96 +340,6 @@ pub fn run(args: SuiteArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_reference(path: Option<&std::path::Path>) -> Result<Option<SuiteReport>> {
-    let Some(p) = path else { return Ok(None) };
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| {
-        format!("parsing {} (a bench/reference_torch.py JSON)", p.display())
-    })?))
-}
-
-pub fn markdown(r: &SuiteReport, reference: Option<&SuiteReport>, peak: Option<f64>) -> String {
-    let mut s = format!(
-        "# Benchmark suite: secvec on {} ({}), {}\n\nCommand: `{}`\n\nRandom weights; training on \
-         random tokens (loss on every position), generation greedy without early stop. Warm-up is \
-         the first step/call (kernel compilation, autotune, allocation) and is not in the speed.\n\n",
-        r.backend, r.dtype, r.device, r.command
-    );
-    if let Some(rf) = reference {
-        s += &format!(
-            "Reference: {} on {} ({}), `{}`.\n\n",
-            rf.tool, rf.device, rf.dtype, rf.command
-        );
-        if rf.dtype != r.dtype {
-            s += &format!(
-                "**The precisions differ ({} here, {} in the reference): the ratio compares \
-                 unlike runs.**\n\n",
-                r.dtype, rf.dtype
-            );
-        }
-    }
-    s += "| shape | case | batch | tokens/s | warm-up s | model TFLOP/s |";
-    if peak.is_some() {
-        s += " MFU |";
-    }
-    s += " peak host MiB | peak GPU MiB |";
-    if reference.is_some() {
-        s += " reference tokens/s | ratio |";
-    }
-    s += "\n|---|---|---:|---:|---:|---:|";
-    if peak.is_some() {
-        s += "---:|";
-    }
-    s += "---:|---:|";
-    if reference.is_some() {
-        s += "---:|---:|";
-    }
-    s += "\n";
-    let opt = |v: Option<f64>, p: usize| v.map_or("—".to_string(), |x| format!("{x:.p$}"));
-    for c in &r.results {
-        if let Some(e) = &c.error {
-            s += &format!("| {} | {} | {} | {e} |\n", c.shape, c.case, c.batch);
-            continue;
-        }
-        s += &format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {} |",
-            c.shape,
-            c.case,
-            c.batch,
-            c.tokens_per_s,
-            c.warmup_seconds,
-            opt(c.model_tflops, 3)
-        );
-        if let Some(p) = peak {
-            s += &match c.model_tflops {
-                Some(t) => format!(" {:.1}% |", 100.0 * t / p),
-                None => " — |".to_string(),
-            };
-        }
-        s += &format!(
-            " {} | {} |",
-            opt(c.peak_host_mib, 0),
-            opt(c.peak_gpu_mib, 0)
-        );
-        if let Some(rf) = reference {
-            match rf.results.iter().find(|x| {
-                x.shape == c.shape && x.case == c.case && x.batch == c.batch && x.error.is_none()
-            }) {
-                Some(x) => {
-                    s += &format!(
-                        " {:.1} | {:.2}× |",
-                        x.tokens_per_s,
-                        c.tokens_per_s / x.tokens_per_s
-                    )
-                }
-                None => s += " — | — |",
-            }
-        }
-        s += "\n";
-    }
-    s
-}
-
 /// Parameters of a Llama shape, counted from the config (tied head counted once).
 fn param_count(c: &LlamaConfig) -> usize {
     let (d, kv) = (c.hidden_size, c.num_kv_heads * c.head_dim);
@@ -657,6 +357,9 @@ fn param_count(c: &LlamaConfig) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use burn::module::Module;
+    use secvec_models::weights::random_llama;
+
     use super::*;
 
     #[test]
@@ -683,45 +386,5 @@ mod tests {
             "{}",
             gib("smollm2-135m")
         );
-    }
-
-    fn case(shape: &str, case: &str, batch: usize, tps: f64) -> CaseResult {
-        CaseResult {
-            shape: shape.into(),
-            case: case.into(),
-            batch,
-            tokens_per_s: tps,
-            warmup_seconds: 1.0,
-            seconds: 1.0,
-            params: 1,
-            trainable_params: 1,
-            model_tflops: Some(2.0),
-            peak_host_mib: Some(10.0),
-            peak_gpu_mib: None,
-            error: None,
-        }
-    }
-
-    #[test]
-    fn the_table_pairs_cases_with_the_reference_and_gives_ratio_and_mfu() {
-        let ours = SuiteReport {
-            tool: "secvec".into(),
-            backend: "cuda".into(),
-            dtype: "f32".into(),
-            device: "dev".into(),
-            command: "c".into(),
-            results: vec![
-                case("llama-1b", "train-lora", 8, 300.0),
-                case("llama-1b", "generate", 16, 50.0),
-            ],
-        };
-        let mut reference = ours.clone_with(vec![case("llama-1b", "train-lora", 8, 600.0)]);
-        reference.tool = "torch".into();
-        let md = markdown(&ours, Some(&reference), Some(20.0));
-        let lora = md.lines().find(|l| l.contains("train-lora")).unwrap();
-        assert!(lora.contains("| 600.0 | 0.50× |"), "{lora}");
-        assert!(lora.contains("| 10.0% |"), "{lora}");
-        let gen_line = md.lines().find(|l| l.contains("generate")).unwrap();
-        assert!(gen_line.ends_with("| — | — |"), "{gen_line}");
     }
 }
