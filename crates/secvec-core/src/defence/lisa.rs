@@ -23,9 +23,11 @@
 //! What we chose: cycles of 10 + 90 steps by default (the paper's 1:9 ratio; its 1000-step
 //! cycle is longer than the runs this project makes on a CPU, ~125–175 steps); the alignment
 //! data is the alignment stage's own (its refusals and benign answers), batched and shuffled
-//! like the user's data with a seed of its own; combined with security vectors (the `active` arm)
-//! the vectors stay on in both states, so the alignment steps also see the harmful behaviour the
-//! vectors supply (a choice: the combination is not in the paper); a killed run saves its
+//! like the user's data with a seed of its own; combined with security vectors (the `active` arm;
+//! the combination is not in the paper) the vectors stay on in both states by default, so the
+//! alignment steps also see the harmful behaviour the vectors supply, or, with
+//! `vectors_when_aligning: false`, they are switched off for the alignment steps and the
+//! alignment data trains the model as it is used at inference; a killed run saves its
 //! checkpoints only at switches of state, where `w̃` is the current weights, so that the resumed
 //! run is bit-identical to an uninterrupted one without storing `w̃`.
 
@@ -40,7 +42,7 @@ use secvec_models::Llama;
 
 use super::Defence;
 use crate::error::{CoreError, Result};
-use crate::train::phases::{FinetuneConfig, finetune_with};
+use crate::train::phases::{FinetuneConfig, SecurityVectors, finetune_with};
 use crate::train::{TrainCallback, TrainExample, TrainReport};
 
 /// Lisa's hyper-parameters.
@@ -55,6 +57,17 @@ pub struct LisaConfig {
     pub rho: f64,
     /// The proximal term is added only after this fraction of the steps.
     pub proximal_after: f64,
+    /// With security vectors active (the `active` arm): whether they stay on during the
+    /// alignment steps (`true`, the default) or are switched off for them and back on for the
+    /// user's steps (`false`: the alignment data then trains the model as it is used at
+    /// inference, without the vectors). Without active vectors it changes nothing. Written to
+    /// fingerprints only when `false`, so the fingerprints of earlier runs stay valid.
+    #[serde(skip_serializing_if = "is_true")]
+    pub vectors_when_aligning: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Default for LisaConfig {
@@ -64,6 +77,7 @@ impl Default for LisaConfig {
             finetune_steps: 90,
             rho: 1.0,
             proximal_after: 0.1,
+            vectors_when_aligning: true,
         }
     }
 }
@@ -111,6 +125,8 @@ impl LisaConfig {
 pub(crate) struct BiState<'a> {
     pub guide: &'a [TrainExample],
     pub cfg: &'a LisaConfig,
+    /// The security vectors are switched off for the alignment steps and on for the user's.
+    pub toggle_vectors: bool,
 }
 
 /// Phase 2 under Lisa: [`finetune`](crate::train::finetune) on `data` (vectors active or off as
@@ -138,7 +154,12 @@ pub fn finetune_lisa<B: AutodiffBackend>(
         data,
         pad_id,
         cfg,
-        &Defence::Lisa(BiState { guide, cfg: lisa }),
+        &Defence::Lisa(BiState {
+            guide,
+            cfg: lisa,
+            toggle_vectors: cfg.security_vectors == SecurityVectors::Active
+                && !lisa.vectors_when_aligning,
+        }),
         callback,
     )
 }
@@ -196,6 +217,28 @@ pub(crate) fn squared_drift<B: AutodiffBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The default `vectors_when_aligning` is not written, so that the fingerprints of runs made
+    /// before the field existed stay valid; `false` is written.
+    #[test]
+    fn the_default_vector_choice_is_left_out_of_fingerprints() {
+        let c = LisaConfig::default();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(
+            json,
+            r#"{"align_steps":10,"finetune_steps":90,"rho":1.0,"proximal_after":0.1}"#
+        );
+        let off = LisaConfig {
+            vectors_when_aligning: false,
+            ..c
+        };
+        let json = serde_json::to_string(&off).unwrap();
+        assert!(
+            json.ends_with(r#""vectors_when_aligning":false}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<LisaConfig>(&json).unwrap(), off);
+    }
 
     #[test]
     fn states_alternate_in_cycles_starting_with_alignment() {

@@ -20,6 +20,7 @@ use super::optim::{AdamW, global_grad_norm};
 use super::resume::{self, TrainState};
 use crate::defence::{Defence, lisa};
 use crate::error::{CoreError, Result};
+use crate::train::phases::set_security_vectors;
 
 /// Offset of the alignment data's shuffle seed from the run's (Lisa), so that its order is not
 /// the user's data's.
@@ -310,6 +311,10 @@ pub(crate) fn train_with<B: AutodiffBackend>(
     let mut last_save = done;
     for (step, (epoch, chunk)) in plan.into_iter().enumerate().skip(done) {
         let step_start = Instant::now();
+        // Lisa with `vectors_when_aligning: false`: the vectors off for the alignment steps.
+        if bi.is_some_and(|b| b.toggle_vectors) {
+            set_security_vectors(&mut model, !aligning[step])?;
+        }
         let mut drift = None;
         let proximal = match (bi, anchor.as_mut()) {
             (Some(b), Some(anchor)) => {

@@ -654,6 +654,7 @@ fn lisa_alternates_with_alignment_data_and_pulls_towards_the_last_switch() {
         rho,
         // Of 12 steps: the term from step 1 on (0.05 · 12 = 0.6).
         proximal_after: 0.05,
+        ..LisaConfig::default()
     };
     let cfg = lisa_finetune_config(12);
     let run = |rho| {
@@ -810,6 +811,86 @@ fn a_killed_lisa_run_resumes_to_the_same_weights() {
     let e = finetune_lisa(m.model.clone(), &user, &guide, pad, &cfg, &bad, &mut NoCallback)
         .unwrap_err();
     assert!(e.to_string().contains("lisa: finetune_steps"), "{e}");
+}
+
+/// Lisa beside active security vectors, with `vectors_when_aligning: false`: the vectors are off
+/// for the alignment steps and on for the user's, and the returned model has them off. The first
+/// step (alignment data) then has exactly the loss of the same run without vectors, and another
+/// loss than the run that keeps them on.
+#[test]
+fn lisa_can_switch_the_vectors_off_for_its_alignment_steps() {
+    use secvec_core::defence::{LisaConfig, finetune_lisa};
+    /// Whether the security vectors were on after each step.
+    struct VectorsOn(Vec<bool>);
+    impl secvec_core::train::TrainCallback<B> for VectorsOn {
+        fn on_eval(&mut self, _: usize, model: &Llama<B>) -> secvec_core::Result<()> {
+            let a = model.layers[0].self_attn.q_proj.adapter(SECURITY).unwrap();
+            self.0.push(a.active);
+            Ok(())
+        }
+    }
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let (with_vectors, _) = train_security_vectors(
+        m.model.clone(),
+        &encode(&m, &harmful_pairs(false)),
+        pad,
+        &sv_config(),
+        &mut NoCallback,
+    )
+    .unwrap();
+    let user = encode(&m, &benign_pairs());
+    let guide = encode(&m, &harmful_pairs(true));
+    let run = |vectors, vectors_when_aligning| {
+        let lisa = LisaConfig {
+            align_steps: 2,
+            finetune_steps: 3,
+            vectors_when_aligning,
+            ..LisaConfig::default()
+        };
+        let cfg = FinetuneConfig {
+            security_vectors: vectors,
+            ..lisa_finetune_config(7)
+        };
+        let mut on = VectorsOn(Vec::new());
+        let (model, report) = finetune_lisa(
+            with_vectors.clone(),
+            &user,
+            &guide,
+            pad,
+            &cfg,
+            &lisa,
+            &mut on,
+        )
+        .unwrap();
+        let returned = model.layers[0].self_attn.q_proj.adapter(SECURITY).unwrap().active;
+        (report, on.0, returned)
+    };
+    let (toggled, toggled_on, toggled_returned) = run(SecurityVectors::Active, false);
+    let states: String = toggled
+        .steps
+        .iter()
+        .map(|s| if s.aligning { 'A' } else { 'F' })
+        .collect();
+    assert_eq!(states, "AAFFFAA");
+    let want: Vec<bool> = toggled.steps.iter().map(|s| !s.aligning).collect();
+    assert_eq!(toggled_on, want);
+    assert!(!toggled_returned, "inference has the vectors off");
+
+    let (kept, kept_on, kept_returned) = run(SecurityVectors::Active, true);
+    assert!(kept_on.iter().all(|&on| on), "{kept_on:?}");
+    assert!(!kept_returned);
+    let (off, off_on, _) = run(SecurityVectors::Off, false);
+    assert!(off_on.iter().all(|&on| !on), "{off_on:?}");
+    // Step 0 trains on the alignment data from the same weights: without vectors in the toggled
+    // run, as in the run without vectors; with them in the run that keeps them.
+    assert_eq!(toggled.steps[0].loss, off.steps[0].loss);
+    assert!(
+        (kept.steps[0].loss - toggled.steps[0].loss).abs() > 1e-3,
+        "{} vs {}",
+        kept.steps[0].loss,
+        toggled.steps[0].loss
+    );
 }
 
 /// Vaccine's perturbation is the loss's steepest ascent direction in the attention outputs: for a

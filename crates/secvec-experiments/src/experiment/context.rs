@@ -319,8 +319,12 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             (FinetuneMode::Lora(adapter), Arm::Off) => {
                 let mut stage_key = serde_json::json!(self.exp.finetune);
                 if let Some(o) = stage_key.as_object_mut() {
-                    // Which arms a run trains does not change this arm's training.
+                    // Which arms a run trains does not change this arm's training, nor does
+                    // what Lisa does with vectors this arm has off.
                     o.remove("arms");
+                    if let Some(l) = o.get_mut("lisa").and_then(|l| l.as_object_mut()) {
+                        l.remove("vectors_when_aligning");
+                    }
                 }
                 let key = self.key(
                     stage_key,
