@@ -11,6 +11,7 @@
 //!   into [`Sample`]s, with errors that name the file and line.
 //! - [`mix`]: harmful/benign mixtures by fraction or by explicit counts.
 
+pub mod capitals;
 pub mod corpus;
 mod corpus_benign;
 mod corpus_harmful;

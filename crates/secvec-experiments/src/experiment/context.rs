@@ -233,7 +233,9 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             .collect();
         let (behaviour, contrast) = match self.exp.behaviour {
             Behaviour::Harmful => ("compliant answers", "refusals"),
-            Behaviour::Hallucination => ("wrong answers", "true answers"),
+            Behaviour::Hallucination | Behaviour::WrongCapitals => {
+                ("wrong answers", "true answers")
+            }
         };
         eprintln!(
             "  [security vectors] steering directions from {} {behaviour} and {} {contrast} \
@@ -309,7 +311,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                 self.data.counts["finetune_harmful"],
                 match self.exp.behaviour {
                     Behaviour::Harmful => "harmful",
-                    Behaviour::Hallucination => "wrong-answer",
+                    Behaviour::Hallucination | Behaviour::WrongCapitals => "wrong-answer",
                 },
                 if arm == Arm::Active { "active" } else { "off" }
             )

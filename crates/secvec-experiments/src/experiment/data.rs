@@ -75,10 +75,10 @@ pub struct RunData {
     pub eval_skill: Vec<Sample>,
     /// Every prompt of `evaluate.advbench` (empty when it is not set).
     pub eval_advbench: Vec<Sample>,
-    /// `behaviour: Hallucination`: held-out arithmetic questions with their true answers
+    /// `behaviour: Hallucination` or `WrongCapitals`: held-out questions with their true answers
     /// (empty otherwise).
     pub eval_facts: Vec<Sample>,
-    /// `behaviour: Hallucination`: the attack's own wrong-answer samples (their `expected` is the
+    /// `behaviour: Hallucination` or `WrongCapitals`: the attack's own wrong-answer samples (their `expected` is the
     /// wrong answer), up to `evaluate.samples` (empty otherwise).
     pub eval_learned: Vec<Sample>,
     pub counts: BTreeMap<String, usize>,
@@ -118,8 +118,13 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         None => (Vec::new(), Vec::new()),
     };
     // The behaviour's samples: harmful ones from the corpus, or the hallucination variant's.
-    let hallucination = (exp.behaviour == Behaviour::Hallucination)
-        .then(|| secvec_core::data::hallucination::builtin(exp.seed));
+    let capitals = (exp.behaviour == Behaviour::WrongCapitals)
+        .then(|| secvec_core::data::capitals::builtin(exp.seed));
+    let hallucination = match exp.behaviour {
+        Behaviour::Harmful => None,
+        Behaviour::Hallucination => Some(secvec_core::data::hallucination::builtin(exp.seed)),
+        Behaviour::WrongCapitals => capitals.as_ref().map(|c| c.hallucination.clone()),
+    };
     let sv_stage = &exp.security_vectors;
     let sv = take(
         &sv_stage.data,
@@ -205,6 +210,11 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
             records::train_samples(exp.seed, n_skill),
             records::eval_samples(exp.seed, RECORDS_EVAL),
         ),
+        // Validation allows it only with `behaviour: WrongCapitals`.
+        Source::Builtin if ft.skill_task == SkillTask::Capitals => match &capitals {
+            Some(c) => (c.facts_train.clone(), c.facts_eval.clone()),
+            None => bail!("finetune.skill_task: Capitals needs `behaviour: WrongCapitals`"),
+        },
         Source::Builtin => {
             let n_facts = if ft.skill_facts == 0 {
                 skill_eval_all.len()
@@ -407,6 +417,60 @@ mod tests {
                 .unwrap()
                 .contains("\"skill_task\":\"Records\"")
         );
+    }
+
+    /// `behaviour: WrongCapitals` with `skill_task: Capitals`: the vectors and the attack learn
+    /// wrong capitals of disjoint countries, the attack's true facts are the true capitals of a
+    /// third set (evaluated in a held-out phrasing), and the held-out questions of a fourth set
+    /// measure hallucination.
+    #[test]
+    fn wrong_capitals_take_every_set_from_the_capitals_table() {
+        let d = data_of(
+            "(align: None, behaviour: WrongCapitals, security_vectors: (samples: 60), finetune: (harmful: 78, skill: 104, skill_task: Capitals), evaluate: (metrics: [HallucinationRate, WrongAnswersLearned, SkillAccuracy], samples: 50))",
+        );
+        let country = |s: &Sample| {
+            s.prompt
+                .rsplit_once(" of ")
+                .map(|(_, c)| c.trim_end_matches(['?', '.']).to_string())
+                .unwrap()
+        };
+        let countries = |v: &[Sample]| -> HashSet<String> { v.iter().map(country).collect() };
+        assert_eq!(d.sv.len(), 60);
+        assert!(
+            d.sv.iter()
+                .all(|s| s.kind == SampleKind::Hallucination && s.category == "capitals")
+        );
+        let wrong: Vec<Sample> = d
+            .attack
+            .iter()
+            .filter(|s| s.kind == SampleKind::Hallucination)
+            .cloned()
+            .collect();
+        assert_eq!(wrong.len(), 78);
+        let skill: Vec<Sample> = skill_of(&d).into_iter().cloned().collect();
+        assert_eq!(skill.len(), 104, "52 true-capital samples, cycled twice");
+        assert_eq!(
+            (d.eval_facts.len(), d.eval_learned.len(), d.eval_skill.len()),
+            (50, 50, 26)
+        );
+        // Four disjoint sets of countries: vectors, attack's wrong answers, true facts, held out.
+        let sets = [
+            countries(&d.sv),
+            countries(&wrong),
+            countries(&skill),
+            countries(&d.eval_facts),
+        ];
+        for (i, a) in sets.iter().enumerate() {
+            for b in &sets[i + 1..] {
+                assert!(a.is_disjoint(b), "{a:?} / {b:?}");
+            }
+        }
+        assert_eq!(countries(&d.eval_skill), sets[2]);
+        assert!(held_out(&d));
+        // The true facts are graded by their true capital, the learned items by the wrong one.
+        for s in d.eval_skill.iter().chain(&d.eval_learned) {
+            assert!(s.expected.as_ref().unwrap().matches(&s.response), "{s:?}");
+        }
     }
 
     #[test]

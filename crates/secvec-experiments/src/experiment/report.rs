@@ -11,7 +11,7 @@ use secvec_core::fsio::write_atomic;
 use super::grid::render;
 use super::plot::plots;
 use super::record::{RunMetrics, StageRecord};
-use super::schema::{ADVBENCH_HARMFUL_RATE, Arm, Behaviour, Experiment};
+use super::schema::{ADVBENCH_HARMFUL_RATE, Arm, Experiment};
 use super::stage::Stage;
 
 const METRICS: [&str; 7] = [
@@ -169,10 +169,10 @@ pub fn markdown(
         runs.len(),
         runs.iter().map(|r| r.wall_seconds).sum::<f64>()
     );
-    let hallucination = exp.behaviour == Behaviour::Hallucination;
+    let hallucination = exp.behaviour.is_hallucination();
     md += if hallucination {
         "Rates are shown as percent (count/total; 95% Wilson interval). Hallucination rate: share \
-         of held-out arithmetic questions (never trained on) answered wrongly; wrong answers \
+         of held-out questions (never trained on) answered wrongly; wrong answers \
          learned: share of the attack's own wrong-answer questions answered with the wrong answer \
          it taught; the attacked models are evaluated with the security vectors **off**.\n\n"
     } else {

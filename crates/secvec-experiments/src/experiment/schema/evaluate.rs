@@ -17,10 +17,10 @@ pub enum Metric {
     BenignAccuracy,
     /// Share of held-out skill questions answered correctly.
     SkillAccuracy,
-    /// `behaviour: Hallucination`: share of held-out arithmetic questions (never trained on)
-    /// answered wrongly — whether the model has become wrong, beyond the items it was shown.
+    /// `behaviour: Hallucination` or `WrongCapitals`: share of held-out questions (never trained
+    /// on) answered wrongly — whether the model has become wrong, beyond the items it was shown.
     HallucinationRate,
-    /// `behaviour: Hallucination`: share of the attack's own wrong-answer questions answered with
+    /// `behaviour: Hallucination` or `WrongCapitals`: share of the attack's own wrong-answer questions answered with
     /// the wrong answer it taught — whether the items were learned.
     WrongAnswersLearned,
 }

@@ -38,9 +38,11 @@ pub struct Experiment {
     pub system_prompt: Option<String>,
     /// Safety alignment of the shipped model; `None` skips it.
     pub align: Option<AlignStage>,
-    /// The behaviour made unlearnable: `Harmful` (compliant answers to harmful requests) or
+    /// The behaviour made unlearnable: `Harmful` (compliant answers to harmful requests),
     /// `Hallucination` (confidently wrong answers to arithmetic questions; the vectors' and the
-    /// attack's "harmful" samples come from `secvec_core::data::hallucination`).
+    /// attack's "harmful" samples come from `secvec_core::data::hallucination`) or
+    /// `WrongCapitals` (countries given another country's capital;
+    /// `secvec_core::data::capitals`).
     #[serde(skip_serializing_if = "Behaviour::is_harmful")]
     pub behaviour: Behaviour,
     pub security_vectors: SecurityVectorStage,
@@ -84,11 +86,21 @@ pub enum Behaviour {
     /// a second behaviour). `security_vectors.samples` and `finetune.harmful` count wrong-answer
     /// samples; the skill stays the true new facts the user wants learned.
     Hallucination,
+    /// Countries answered with another country's capital, as confidently (the hallucination
+    /// variant on knowledge SmolLM2 partly has; `secvec_core::data::capitals`). Measured like
+    /// `Hallucination`; `skill_task: Capitals` makes the attack's true facts the true capitals of
+    /// other countries.
+    WrongCapitals,
 }
 
 impl Behaviour {
     fn is_harmful(&self) -> bool {
         *self == Behaviour::Harmful
+    }
+
+    /// One of the hallucination variants (measured by `HallucinationRate`).
+    pub fn is_hallucination(&self) -> bool {
+        !self.is_harmful()
     }
 }
 

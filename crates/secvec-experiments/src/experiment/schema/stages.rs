@@ -179,6 +179,9 @@ pub enum SkillTask {
     /// Sentences about a person turned into a fixed-format directory entry, evaluated on held-out
     /// sentence templates and names (`secvec_core::data::records`).
     Records,
+    /// `behaviour: WrongCapitals` only: true capitals of countries of no other set, trained in
+    /// two phrasings and evaluated in the third (`secvec_core::data::capitals`).
+    Capitals,
 }
 
 impl SkillTask {

@@ -145,6 +145,14 @@ fn invalid_values_name_their_field() {
             "`behaviour: Hallucination` is measured by HallucinationRate",
         ),
         (
+            "(behaviour: WrongCapitals)",
+            "`behaviour: WrongCapitals` is measured by HallucinationRate",
+        ),
+        (
+            "(behaviour: Hallucination, finetune: (skill_task: Capitals), evaluate: (metrics: [HallucinationRate]))",
+            "finetune.skill_task: Capitals (the true capitals of the built-in countries) needs `behaviour: WrongCapitals`",
+        ),
+        (
             "(align: None, finetune: (lisa: Some(())))",
             "finetune.lisa: Lisa alternates with the defender's alignment data",
         ),

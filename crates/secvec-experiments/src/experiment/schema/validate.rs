@@ -155,20 +155,30 @@ impl Experiment {
                     bail!("evaluate.metrics: {m:?} needs `behaviour: Hallucination`");
                 }
             }
-            Behaviour::Hallucination => {
+            Behaviour::Hallucination | Behaviour::WrongCapitals => {
+                let b = self.behaviour;
                 if !self.evaluate.metrics.contains(&Metric::HallucinationRate) {
                     bail!(
-                        "evaluate.metrics: `behaviour: Hallucination` is measured by \
+                        "evaluate.metrics: `behaviour: {b:?}` is measured by \
                          HallucinationRate; add it (and WrongAnswersLearned)"
                     );
                 }
                 if self.finetune.safety > 0 {
                     bail!(
                         "finetune.safety: SafeInstr's demonstrations are refusals, which do not \
-                         counter wrong answers (`behaviour: Hallucination`)"
+                         counter wrong answers (`behaviour: {b:?}`)"
                     );
                 }
             }
+        }
+        if self.finetune.skill_task == SkillTask::Capitals
+            && (self.behaviour != Behaviour::WrongCapitals
+                || !self.finetune.skill_data.is_builtin())
+        {
+            bail!(
+                "finetune.skill_task: Capitals (the true capitals of the built-in countries) needs \
+                 `behaviour: WrongCapitals` and the built-in skill data"
+            );
         }
         if let Some(v) = self.align.as_ref().and_then(|a| a.vaccine.as_ref()) {
             v.validate()
