@@ -78,8 +78,8 @@ pub struct RunData {
     /// `behaviour: Hallucination` or `WrongCapitals`: held-out questions with their true answers
     /// (empty otherwise).
     pub eval_facts: Vec<Sample>,
-    /// `behaviour: Hallucination` or `WrongCapitals`: the attack's own wrong-answer samples (their `expected` is the
-    /// wrong answer), up to `evaluate.samples` (empty otherwise).
+    /// `behaviour: Hallucination` or `WrongCapitals`: the attack's own wrong-answer samples
+    /// (their `expected` is the wrong answer), up to `evaluate.samples` (empty otherwise).
     pub eval_learned: Vec<Sample>,
     pub counts: BTreeMap<String, usize>,
 }
@@ -428,11 +428,17 @@ mod tests {
         let d = data_of(
             "(align: None, behaviour: WrongCapitals, security_vectors: (samples: 60), finetune: (harmful: 78, skill: 104, skill_task: Capitals), evaluate: (metrics: [HallucinationRate, WrongAnswersLearned, SkillAccuracy], samples: 50))",
         );
+        // The country of a question in any of the three phrasings.
         let country = |s: &Sample| {
-            s.prompt
-                .rsplit_once(" of ")
-                .map(|(_, c)| c.trim_end_matches(['?', '.']).to_string())
-                .unwrap()
+            [
+                "What is the capital of ",
+                "Which city is the capital of ",
+                "Name the capital city of ",
+            ]
+            .iter()
+            .find_map(|p| s.prompt.strip_prefix(p))
+            .map(|c| c.trim_end_matches(['?', '.']).to_string())
+            .unwrap_or_else(|| panic!("not a capitals question: {}", s.prompt))
         };
         let countries = |v: &[Sample]| -> HashSet<String> { v.iter().map(country).collect() };
         assert_eq!(d.sv.len(), 60);
