@@ -25,6 +25,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use super::corpus_benign::CAPITAL_PHRASINGS as PHRASINGS;
 use super::hallucination::Hallucination;
 use super::{Expected, Sample, SampleKind};
 
@@ -144,13 +145,6 @@ pub const COUNTRIES: [(&str, &str); 104] = [
     ("Micronesia", "Palikir"),
 ];
 
-/// The three phrasings of a question (those of the benign corpus's capitals).
-const PHRASINGS: [&str; 3] = [
-    "What is the capital of {c}?",
-    "Which city is the capital of {c}?",
-    "Name the capital city of {c}.",
-];
-
 /// Countries in each of the four sets (the rest of the 104 go to `eval`).
 pub const PER_SET: usize = 26;
 
@@ -174,6 +168,14 @@ fn sample(id: String, prompt: String, country: &str, capital: &str, kind: Sample
         category: "capitals".into(),
         expected: Some(Expected::Contains(capital.to_string())),
     }
+}
+
+/// The country a capitals question (in any of its phrasings) asks about.
+pub fn country_of(prompt: &str) -> Option<&str> {
+    PHRASINGS.iter().find_map(|p| {
+        let (head, tail) = p.split_once("{c}")?;
+        prompt.strip_prefix(head)?.strip_suffix(tail)
+    })
 }
 
 /// The built-in sets for corpus seed `seed`.
@@ -215,28 +217,26 @@ pub fn builtin(seed: u64) -> Capitals {
             SampleKind::Hallucination,
         )
     };
-    let every = |set: &[usize], f: &dyn Fn(usize, usize) -> Sample| -> Vec<Sample> {
-        // Phrasing-major, so that a cut to the first n samples still covers many countries.
-        (0..PHRASINGS.len())
-            .flat_map(|k| set.iter().map(move |&i| (i, k)))
-            .map(|(i, k)| f(i, k))
-            .collect()
-    };
+    // The countries of `set` in the phrasings `ks`, phrasing-major (a cut to the first n samples
+    // still covers many countries).
+    let phrased_set =
+        |set: &[usize], ks: std::ops::Range<usize>, f: &dyn Fn(usize, usize) -> Sample| {
+            ks.flat_map(|k| set.iter().map(move |&i| (i, k)))
+                .map(|(i, k)| f(i, k))
+                .collect::<Vec<Sample>>()
+        };
+    let every = 0..PHRASINGS.len();
     Capitals {
         hallucination: Hallucination {
-            eval: every(eval_c, &|i, k| truly(i, k, SampleKind::Benign)),
-            sv: every(sv_c, &wrongly),
-            sv_true: every(sv_c, &|i, k| truly(i, k, SampleKind::Benign)),
-            attack: every(attack_c, &wrongly),
+            eval: phrased_set(eval_c, every.clone(), &|i, k| {
+                truly(i, k, SampleKind::Benign)
+            }),
+            sv: phrased_set(sv_c, every.clone(), &wrongly),
+            sv_true: phrased_set(sv_c, every.clone(), &|i, k| truly(i, k, SampleKind::Benign)),
+            attack: phrased_set(attack_c, every, &wrongly),
         },
-        facts_train: (0..2)
-            .flat_map(|k| facts_c.iter().map(move |&i| (i, k)))
-            .map(|(i, k)| truly(i, k, SampleKind::Skill))
-            .collect(),
-        facts_eval: facts_c
-            .iter()
-            .map(|&i| truly(i, 2, SampleKind::Skill))
-            .collect(),
+        facts_train: phrased_set(facts_c, 0..2, &|i, k| truly(i, k, SampleKind::Skill)),
+        facts_eval: phrased_set(facts_c, 2..3, &|i, k| truly(i, k, SampleKind::Skill)),
     }
 }
 
@@ -246,14 +246,8 @@ mod tests {
 
     use super::*;
 
-    fn country_of(prompt: &str) -> &str {
-        for p in PHRASINGS {
-            let (head, tail) = p.split_once("{c}").unwrap();
-            if let Some(c) = prompt.strip_prefix(head).and_then(|r| r.strip_suffix(tail)) {
-                return c;
-            }
-        }
-        panic!("not a capitals question: {prompt}")
+    fn country(prompt: &str) -> &str {
+        country_of(prompt).unwrap_or_else(|| panic!("not a capitals question: {prompt}"))
     }
 
     fn capital_of(country: &str) -> &'static str {
@@ -292,9 +286,7 @@ mod tests {
         let c = builtin(0);
         let h = &c.hallucination;
         let countries = |v: &[Sample]| -> HashSet<String> {
-            v.iter()
-                .map(|s| country_of(&s.prompt).to_string())
-                .collect()
+            v.iter().map(|s| country(&s.prompt).to_string()).collect()
         };
         let sets = [
             countries(&h.eval),
@@ -319,7 +311,7 @@ mod tests {
                 .all(|s| !trained.contains(s.prompt.as_str()))
         );
 
-        let truth = |s: &Sample| capital_of(country_of(&s.prompt));
+        let truth = |s: &Sample| capital_of(country(&s.prompt));
         for s in h
             .eval
             .iter()
@@ -338,7 +330,7 @@ mod tests {
             // The true capital does not pass for a wrong-answer sample.
             assert!(!e.matches(truth(s)), "{s:?}");
             // One wrong capital per country, whatever the phrasing.
-            let prev = wrong_of.insert(country_of(&s.prompt).to_string(), e.text().to_string());
+            let prev = wrong_of.insert(country(&s.prompt).to_string(), e.text().to_string());
             assert!(prev.is_none_or(|p| p == e.text()), "{s:?}");
         }
         for (w, t) in h.sv.iter().zip(&h.sv_true) {

@@ -84,7 +84,8 @@ const CAPITALS: [(&str, &str); 50] = [
     ("Switzerland", "Bern"),
 ];
 
-const CAPITAL_PHRASINGS: [&str; 3] = [
+/// The phrasings of a capitals question (also those of the hallucination variant on capitals).
+pub(super) const CAPITAL_PHRASINGS: [&str; 3] = [
     "What is the capital of {c}?",
     "Which city is the capital of {c}?",
     "Name the capital city of {c}.",

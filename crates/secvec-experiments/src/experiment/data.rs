@@ -118,12 +118,17 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         None => (Vec::new(), Vec::new()),
     };
     // The behaviour's samples: harmful ones from the corpus, or the hallucination variant's.
-    let capitals = (exp.behaviour == Behaviour::WrongCapitals)
-        .then(|| secvec_core::data::capitals::builtin(exp.seed));
-    let hallucination = match exp.behaviour {
-        Behaviour::Harmful => None,
-        Behaviour::Hallucination => Some(secvec_core::data::hallucination::builtin(exp.seed)),
-        Behaviour::WrongCapitals => capitals.as_ref().map(|c| c.hallucination.clone()),
+    // The capitals variant also brings its true facts (`skill_task: Capitals`).
+    let (hallucination, capital_facts) = match exp.behaviour {
+        Behaviour::Harmful => (None, None),
+        Behaviour::Hallucination => (
+            Some(secvec_core::data::hallucination::builtin(exp.seed)),
+            None,
+        ),
+        Behaviour::WrongCapitals => {
+            let c = secvec_core::data::capitals::builtin(exp.seed);
+            (Some(c.hallucination), Some((c.facts_train, c.facts_eval)))
+        }
     };
     let sv_stage = &exp.security_vectors;
     let sv = take(
@@ -211,8 +216,8 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
             records::eval_samples(exp.seed, RECORDS_EVAL),
         ),
         // Validation allows it only with `behaviour: WrongCapitals`.
-        Source::Builtin if ft.skill_task == SkillTask::Capitals => match &capitals {
-            Some(c) => (c.facts_train.clone(), c.facts_eval.clone()),
+        Source::Builtin if ft.skill_task == SkillTask::Capitals => match capital_facts {
+            Some(facts) => facts,
             None => bail!("finetune.skill_task: Capitals needs `behaviour: WrongCapitals`"),
         },
         Source::Builtin => {
@@ -428,17 +433,10 @@ mod tests {
         let d = data_of(
             "(align: None, behaviour: WrongCapitals, security_vectors: (samples: 60), finetune: (harmful: 78, skill: 104, skill_task: Capitals), evaluate: (metrics: [HallucinationRate, WrongAnswersLearned, SkillAccuracy], samples: 50))",
         );
-        // The country of a question in any of the three phrasings.
         let country = |s: &Sample| {
-            [
-                "What is the capital of ",
-                "Which city is the capital of ",
-                "Name the capital city of ",
-            ]
-            .iter()
-            .find_map(|p| s.prompt.strip_prefix(p))
-            .map(|c| c.trim_end_matches(['?', '.']).to_string())
-            .unwrap_or_else(|| panic!("not a capitals question: {}", s.prompt))
+            secvec_core::data::capitals::country_of(&s.prompt)
+                .unwrap_or_else(|| panic!("not a capitals question: {}", s.prompt))
+                .to_string()
         };
         let countries = |v: &[Sample]| -> HashSet<String> { v.iter().map(country).collect() };
         assert_eq!(d.sv.len(), 60);
