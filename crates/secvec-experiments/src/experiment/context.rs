@@ -258,12 +258,6 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         Ok(model)
     }
 
-    /// Phase 2 for one arm, then phase 3: the attacked model evaluated with the vectors off
-    /// (and on, when asked). Returns the records it made.
-    ///
-    /// The task LoRA of the `off` arm does not depend on the vectors (they are off, or absent), so
-    /// it is kept in the stage cache (`attack-off/<hash>/`): runs that differ only in the vectors'
-    /// settings — the ablations of their samples, learning rate and epochs — train it once.
     /// Phase 2's training as the experiment asks: plain, or under Lisa (`finetune.lisa`)
     /// alternating with the alignment stage's data.
     pub(super) fn tune(
@@ -295,6 +289,12 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         )?)
     }
 
+    /// Phase 2 for one arm, then phase 3: the attacked model evaluated with the vectors off
+    /// (and on, when asked). Returns the records it made.
+    ///
+    /// The task LoRA of the `off` arm does not depend on the vectors (they are off, or absent), so
+    /// it is kept in the stage cache (`attack-off/<hash>/`): runs that differ only in the vectors'
+    /// settings — the ablations of their samples, learning rate and epochs — train it once.
     pub(super) fn attack(
         &self,
         plan: &Plan,
