@@ -49,12 +49,7 @@ fn merge(node: &mut Value, patch: Value) {
     match (node, patch) {
         (Value::Object(into), Value::Object(from)) => {
             for (k, v) in from {
-                match into.get_mut(&k) {
-                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
-                    _ => {
-                        into.insert(k, v);
-                    }
-                }
+                merge(into.entry(k).or_insert(Value::Null), v);
             }
         }
         (slot, patch) => *slot = patch,
