@@ -188,63 +188,76 @@ pub fn markdown(
     };
 
     let axes: Vec<&str> = exp.sweep.iter().map(|a| a.short()).collect();
-    let advbench = has_metric(runs, ADVBENCH_HARMFUL_RATE);
-    md += "## With and without security vectors\n\n| ";
-    for a in &axes {
-        md += &format!("{a} | ");
+    // The main table's columns: (header, stage, metric). The behaviour's own rate is always
+    // shown; every other metric only where some run measured it.
+    let aligned = Stage::Aligned;
+    let off = Stage::Attacked(Arm::Off);
+    let on = Stage::Attacked(Arm::Active);
+    let b = behaviour_label;
+    let mut columns: Vec<(String, Stage, &str)> = vec![
+        (format!("aligned {b}"), aligned, behaviour_key),
+        (format!("{b}, attack without vectors"), off, behaviour_key),
+        (format!("{b}, attack with vectors"), on, behaviour_key),
+    ];
+    let pairs = [
+        ("skill", "skill_accuracy"),
+        ("over-refusal", "over_refusal"),
+        ("benign acc", "benign_accuracy"),
+    ];
+    for (label, key) in pairs {
+        if has_metric(runs, key) {
+            columns.push((format!("{label} without"), off, key));
+            columns.push((format!("{label} with"), on, key));
+        }
     }
-    md += &format!(
-        "aligned {b} | {b}, attack without vectors | {b}, attack with vectors | skill without | skill with | over-refusal without | over-refusal with | benign acc without | benign acc with |",
-        b = behaviour_label
-    );
+    let advbench = has_metric(runs, ADVBENCH_HARMFUL_RATE);
     if advbench {
-        md += " AdvBench harmful, aligned | AdvBench harmful without | AdvBench harmful with |";
+        columns.push((
+            "AdvBench harmful, aligned".into(),
+            aligned,
+            ADVBENCH_HARMFUL_RATE,
+        ));
+        columns.push((
+            "AdvBench harmful without".into(),
+            off,
+            ADVBENCH_HARMFUL_RATE,
+        ));
+        columns.push(("AdvBench harmful with".into(), on, ADVBENCH_HARMFUL_RATE));
     }
     if hallucination {
-        md += " wrong answers learned without | wrong answers learned with |";
+        columns.push((
+            "wrong answers learned without".into(),
+            off,
+            "wrong_answers_learned",
+        ));
+        columns.push((
+            "wrong answers learned with".into(),
+            on,
+            "wrong_answers_learned",
+        ));
+    }
+    md += "## With and without security vectors\n\n|";
+    for h in axes
+        .iter()
+        .copied()
+        .chain(columns.iter().map(|c| c.0.as_str()))
+    {
+        md += &format!(" {h} |");
     }
     md += "\n|";
-    let extra = if advbench { 3 } else { 0 } + if hallucination { 2 } else { 0 };
-    for _ in 0..axes.len() + 9 + extra {
+    for _ in 0..axes.len() + columns.len() {
         md += "---|";
     }
     md += "\n";
     for run in runs {
-        let off = run.stage(Stage::Attacked(Arm::Off));
-        let on = run.stage(Stage::Attacked(Arm::Active));
-        md += "| ";
+        md += "|";
         for (_, v) in &run.point {
-            md += &format!("{} | ", render(v));
+            md += &format!(" {} |", render(v));
         }
-        md += &format!(
-            "{} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            cell(metric(run.stage(Stage::Aligned), behaviour_key)),
-            cell(metric(off, behaviour_key)),
-            cell(metric(on, behaviour_key)),
-            cell(metric(off, "skill_accuracy")),
-            cell(metric(on, "skill_accuracy")),
-            cell(metric(off, "over_refusal")),
-            cell(metric(on, "over_refusal")),
-            cell(metric(off, "benign_accuracy")),
-            cell(metric(on, "benign_accuracy")),
-        );
-        if advbench {
-            md.pop();
-            md += &format!(
-                " {} | {} | {} |\n",
-                cell(metric(run.stage(Stage::Aligned), ADVBENCH_HARMFUL_RATE)),
-                cell(metric(off, ADVBENCH_HARMFUL_RATE)),
-                cell(metric(on, ADVBENCH_HARMFUL_RATE)),
-            );
+        for (_, stage, key) in &columns {
+            md += &format!(" {} |", cell(metric(run.stage(*stage), key)));
         }
-        if hallucination {
-            md.pop();
-            md += &format!(
-                " {} | {} |\n",
-                cell(metric(off, "wrong_answers_learned")),
-                cell(metric(on, "wrong_answers_learned")),
-            );
-        }
+        md += "\n";
     }
     match exp.sweep.iter().position(|a| a.group) {
         // One pooled section per value of the grouping axis, over the other axes' runs.
@@ -496,5 +509,24 @@ mod tests {
             row(&md, "| harmful rate |").ends_with("| a: 20.0% |"),
             "{md}"
         );
+    }
+    /// The main table shows a metric's columns only where some run measured it, and every row
+    /// has as many cells as the header.
+    #[test]
+    fn main_table_leaves_out_metrics_no_run_measured() {
+        let off = Stage::Attacked(Arm::Off);
+        let exp = parse_str("()", "t.ron").unwrap();
+        let md = markdown(&exp, &[run("main", off, 7, 4)], "cmd", 1);
+        let header = row(&md, "| aligned harmful |");
+        assert!(
+            header.contains("| skill without | skill with |"),
+            "{header}"
+        );
+        assert!(!header.contains("over-refusal"), "{header}");
+        assert!(!header.contains("benign acc"), "{header}");
+        let cells = |l: &str| l.matches('|').count();
+        let body = row(&md, "| — | 70.0% (7/10;");
+        assert_eq!(cells(body), cells(header), "{md}");
+        assert!(body.contains("| 40.0% (4/10;"), "{body}");
     }
 }
