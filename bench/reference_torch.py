@@ -6,6 +6,9 @@ PEFT, written as the same JSON, so that both can be run on one machine and compa
 Cases (random weights, fixed shapes):
   train-lora   LoRA r=8 alpha=16 on q_proj, v_proj (PEFT), AdamW lr 1e-5, global-norm clip 1.0,
                batch 8 x 128 random tokens, loss on every position
+  train-lora-all  the same on all seven projections (q, k, v, o, gate, up, down): the headline's attack
+  train-lora-sv   train-lora-all plus a second, frozen LoRA adapter on the same seven that is active
+                  in the forward pass (the security vectors): the headline's attack with vectors
   train-full   the same, every weight trained
   generate     greedy, 32 random prompt tokens, 32 new tokens (no early stop), KV cache, batch 1/16/64
 
@@ -37,6 +40,9 @@ SHAPES = {
                      num_attention_heads=32, num_key_value_heads=8, head_dim=64, rope_theta=500000.0,
                      tie_word_embeddings=True),
 }
+
+
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def flops_per_train_token(shape, params, full, seq):
@@ -92,8 +98,15 @@ def run_case(args, spec):
         full = case == "train-full"
         if not full:
             from peft import LoraConfig, get_peft_model
-            model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                                     target_modules=["q_proj", "v_proj"]))
+            targets = ["q_proj", "v_proj"] if case == "train-lora" else ALL_PROJECTIONS
+            lora = lambda: LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets)
+            model = get_peft_model(model, lora(), adapter_name="task")
+            if case == "train-lora-sv":
+                # Both adapters active in the forward pass, only the task adapter trained.
+                model.add_adapter("security", lora())
+                model.base_model.set_adapter(["task", "security"])
+                for name, p in model.named_parameters():
+                    p.requires_grad = ".task." in name and "lora_" in name
         trainable = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=1e-5, eps=1e-8, weight_decay=0.0)
         ids = torch.randint(3, cfg.vocab_size, (args.train_batch, args.seq_len), device=dev)
@@ -179,7 +192,7 @@ def main():
         for c in args.cases.split(","):
             if c == "generate":
                 specs += [f"{s}:generate:{b}" for b in args.gen_batches.split(",")]
-            elif c in ("train-lora", "train-full"):
+            elif c in ("train-lora", "train-lora-all", "train-lora-sv", "train-full"):
                 specs.append(f"{s}:{c}")
             else:
                 sys.exit(f"unknown case {c!r}")

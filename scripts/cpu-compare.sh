@@ -13,9 +13,12 @@ BIN=${SECVEC_BIN:-target/release/secvec-experiments}
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-results/benchmarks/cpu-compare}
 SHAPES=${SHAPES:-smollm2-135m}
+# The suite's cases plus the headline's two training configurations (LoRA on all seven
+# projections, without and with frozen security vectors).
+CASES=${CASES:-train-lora,train-lora-all,train-lora-sv,train-full,generate}
 mkdir -p "$OUT"
-"$BIN" bench-suite --backend flex --shapes "$SHAPES" --out "$OUT"
+"$BIN" bench-suite --backend flex --shapes "$SHAPES" --cases "$CASES" --out "$OUT"
 "$PYTHON" bench/reference_torch.py --device cpu --dtype f32 --shapes "$SHAPES" \
-  --out "$OUT/reference-torch-cpu-f32.json"
+  --cases "$CASES" --out "$OUT/reference-torch-cpu-f32.json"
 "$BIN" bench-suite --backend flex --render "$OUT/suite-flex.json" \
   --compare "$OUT/reference-torch-cpu-f32.json" --out "$OUT"

@@ -8,7 +8,9 @@ use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use secvec_core::adapter::{AdapterConfig, add_adapter, set_adapter_trainable, set_base_trainable};
+use secvec_core::adapter::{
+    AdapterConfig, SECURITY, TASK, add_adapter, set_adapter_trainable, set_base_trainable,
+};
 use secvec_core::train::{NoCallback, TrainConfig, TrainExample, train};
 use secvec_models::weights::random_llama;
 use secvec_models::{GenerationConfig, LlamaConfig, Sampling, generate};
@@ -100,17 +102,41 @@ impl Job for Child {
         }
         let mut model = random_llama::<B>(&cfg, 0, &device).with_precision(a.dtype);
         let params = model.num_params();
+        // LoRA r8 (alpha 16) as the `task` adapter: on q and v, or on all seven projections as
+        // the headline's attack adapts them; `train-lora-sv` adds frozen, active security vectors
+        // on the same seven (the headline's attack with vectors).
+        let all = [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ];
+        let lora = |targets: &[&str]| AdapterConfig {
+            rank: 8,
+            alpha: 16.0,
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            ..AdapterConfig::default()
+        };
+        // Parameters that are not trained (with LoRA: the base and any security vectors).
+        let mut frozen = params;
         let full = match case {
-            "train-lora" => {
+            "train-lora" | "train-lora-all" | "train-lora-sv" => {
                 set_base_trainable(&mut model, false);
-                let ac = AdapterConfig {
-                    rank: 8,
-                    alpha: 16.0,
-                    targets: vec!["q_proj".into(), "v_proj".into()],
-                    ..AdapterConfig::default()
+                if case == "train-lora-sv" {
+                    add_adapter(&mut model, SECURITY, &lora(&all))?;
+                    set_adapter_trainable(&mut model, SECURITY, false)?;
+                    frozen = model.num_params();
+                }
+                let targets: &[&str] = if case == "train-lora" {
+                    &["q_proj", "v_proj"]
+                } else {
+                    &all
                 };
-                add_adapter(&mut model, "task", &ac)?;
-                set_adapter_trainable(&mut model, "task", true)?;
+                add_adapter(&mut model, TASK, &lora(targets))?;
+                set_adapter_trainable(&mut model, TASK, true)?;
                 false
             }
             "train-full" => {
@@ -119,7 +145,7 @@ impl Job for Child {
             }
             other => bail!("unknown case `{other}`"),
         };
-        let trainable = model.num_params() - if full { 0 } else { params };
+        let trainable = model.num_params() - if full { 0 } else { frozen };
         let data: Vec<TrainExample> = (0..a.train_batch)
             .map(|_| TrainExample {
                 ids: (0..a.seq_len).map(|_| rng.random_range(3..vocab)).collect(),

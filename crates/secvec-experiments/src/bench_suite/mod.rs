@@ -51,7 +51,9 @@ pub struct SuiteArgs {
     /// Shapes (smollm2-135m, llama-1b).
     #[arg(long, value_delimiter = ',', default_value = "smollm2-135m,llama-1b")]
     pub shapes: Vec<String>,
-    /// Cases: train-lora (r=8 on q,v), train-full, generate.
+    /// Cases: train-lora (r=8 on q,v), train-full, generate; also train-lora-all (r=8 on all
+    /// seven projections, the headline's attack) and train-lora-sv (the same plus frozen, active
+    /// security vectors on all seven, the headline's attack with vectors).
     #[arg(
         long,
         value_delimiter = ',',
@@ -207,9 +209,14 @@ pub fn run(args: SuiteArgs) -> Result<()> {
                         specs.push(format!("{s}:generate:{b}"));
                     }
                 }
-                "train-lora" | "train-full" => specs.push(format!("{s}:{c}")),
+                "train-lora" | "train-lora-all" | "train-lora-sv" | "train-full" => {
+                    specs.push(format!("{s}:{c}"))
+                }
                 other => {
-                    bail!("--cases: unknown case `{other}` (train-lora, train-full, generate)")
+                    bail!(
+                        "--cases: unknown case `{other}` (train-lora, train-lora-all, \
+                         train-lora-sv, train-full, generate)"
+                    )
                 }
             }
         }
