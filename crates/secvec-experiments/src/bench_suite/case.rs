@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use secvec_core::adapter::{
     AdapterConfig, SECURITY, TASK, add_adapter, set_adapter_trainable, set_base_trainable,
 };
+use secvec_core::train::phases::all_targets;
 use secvec_core::train::{NoCallback, TrainConfig, TrainExample, train};
 use secvec_models::weights::random_llama;
 use secvec_models::{GenerationConfig, LlamaConfig, Sampling, generate};
@@ -105,19 +106,10 @@ impl Job for Child {
         // LoRA r8 (alpha 16) as the `task` adapter: on q and v, or on all seven projections as
         // the headline's attack adapts them; `train-lora-sv` adds frozen, active security vectors
         // on the same seven (the headline's attack with vectors).
-        let all = [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ];
-        let lora = |targets: &[&str]| AdapterConfig {
+        let lora = |targets: Vec<String>| AdapterConfig {
             rank: 8,
             alpha: 16.0,
-            targets: targets.iter().map(|t| t.to_string()).collect(),
+            targets,
             ..AdapterConfig::default()
         };
         // Parameters that are not trained (with LoRA: the base and any security vectors).
@@ -126,14 +118,14 @@ impl Job for Child {
             "train-lora" | "train-lora-all" | "train-lora-sv" => {
                 set_base_trainable(&mut model, false);
                 if case == "train-lora-sv" {
-                    add_adapter(&mut model, SECURITY, &lora(&all))?;
+                    add_adapter(&mut model, SECURITY, &lora(all_targets()))?;
                     set_adapter_trainable(&mut model, SECURITY, false)?;
                     frozen = model.num_params();
                 }
-                let targets: &[&str] = if case == "train-lora" {
-                    &["q_proj", "v_proj"]
+                let targets = if case == "train-lora" {
+                    vec!["q_proj".into(), "v_proj".into()]
                 } else {
-                    &all
+                    all_targets()
                 };
                 add_adapter(&mut model, TASK, &lora(targets))?;
                 set_adapter_trainable(&mut model, TASK, true)?;
