@@ -12,7 +12,7 @@ use secvec_core::adapter::{
     AdapterConfig, SECURITY, TASK, add_adapter, set_adapter_trainable, set_base_trainable,
 };
 use secvec_core::train::phases::all_targets;
-use secvec_core::train::{NoCallback, TrainConfig, TrainExample, train};
+use secvec_core::train::{NoCallback, TrainConfig, TrainExample, train, trainable_params};
 use secvec_models::weights::random_llama;
 use secvec_models::{GenerationConfig, LlamaConfig, Sampling, generate};
 
@@ -112,15 +112,12 @@ impl Job for Child {
             targets,
             ..AdapterConfig::default()
         };
-        // Parameters that are not trained (with LoRA: the base and any security vectors).
-        let mut frozen = params;
         let full = match case {
             "train-lora" | "train-lora-all" | "train-lora-sv" => {
                 set_base_trainable(&mut model, false);
                 if case == "train-lora-sv" {
                     add_adapter(&mut model, SECURITY, &lora(all_targets()))?;
                     set_adapter_trainable(&mut model, SECURITY, false)?;
-                    frozen = model.num_params();
                 }
                 let targets = if case == "train-lora" {
                     vec!["q_proj".into(), "v_proj".into()]
@@ -137,7 +134,7 @@ impl Job for Child {
             }
             other => bail!("unknown case `{other}`"),
         };
-        let trainable = model.num_params() - if full { 0 } else { frozen };
+        let trainable = trainable_params(&model);
         let data: Vec<TrainExample> = (0..a.train_batch)
             .map(|_| TrainExample {
                 ids: (0..a.seq_len).map(|_| rng.random_range(3..vocab)).collect(),

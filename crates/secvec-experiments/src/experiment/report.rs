@@ -199,43 +199,31 @@ pub fn markdown(
         (format!("{b}, attack without vectors"), off, behaviour_key),
         (format!("{b}, attack with vectors"), on, behaviour_key),
     ];
-    let pairs = [
-        ("skill", "skill_accuracy"),
-        ("over-refusal", "over_refusal"),
-        ("benign acc", "benign_accuracy"),
-    ];
-    for (label, key) in pairs {
+    // A metric measured without and with the vectors, where some run has it.
+    let pair = |columns: &mut Vec<(String, Stage, &str)>, label: &str, key: &'static str| {
         if has_metric(runs, key) {
             columns.push((format!("{label} without"), off, key));
             columns.push((format!("{label} with"), on, key));
         }
-    }
+    };
+    pair(&mut columns, "skill", "skill_accuracy");
+    pair(&mut columns, "over-refusal", "over_refusal");
+    pair(&mut columns, "benign acc", "benign_accuracy");
     let advbench = has_metric(runs, ADVBENCH_HARMFUL_RATE);
     if advbench {
-        columns.push((
-            "AdvBench harmful, aligned".into(),
-            aligned,
-            ADVBENCH_HARMFUL_RATE,
-        ));
-        columns.push((
-            "AdvBench harmful without".into(),
-            off,
-            ADVBENCH_HARMFUL_RATE,
-        ));
-        columns.push(("AdvBench harmful with".into(), on, ADVBENCH_HARMFUL_RATE));
+        for (header, stage) in [
+            ("AdvBench harmful, aligned", aligned),
+            ("AdvBench harmful without", off),
+            ("AdvBench harmful with", on),
+        ] {
+            columns.push((header.into(), stage, ADVBENCH_HARMFUL_RATE));
+        }
     }
-    if hallucination {
-        columns.push((
-            "wrong answers learned without".into(),
-            off,
-            "wrong_answers_learned",
-        ));
-        columns.push((
-            "wrong answers learned with".into(),
-            on,
-            "wrong_answers_learned",
-        ));
-    }
+    pair(
+        &mut columns,
+        "wrong answers learned",
+        "wrong_answers_learned",
+    );
     md += "## With and without security vectors\n\n|";
     for h in axes
         .iter()
@@ -510,6 +498,7 @@ mod tests {
             "{md}"
         );
     }
+
     /// The main table shows a metric's columns only where some run measured it, and every row
     /// has as many cells as the header.
     #[test]
