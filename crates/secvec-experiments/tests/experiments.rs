@@ -39,7 +39,7 @@ fn setup(tag: &str, harmful: usize) -> (PathBuf, PathBuf) {
   evaluate: (samples: 8, max_new_tokens: 8, checkpoints: [Aligned, VectorsOn]),
   sweep: [
     (field: "security_vectors.samples", values: [0, 8], name: "sv"),
-    (field: "finetune.lr", values: [1e-4, 1e-3], name: "attack_lr"),
+    (field: "finetune.lr", values: [1e-4, 1e-3], name: "attack_lr", pool: true),
   ],
 )
 "#,
@@ -197,10 +197,15 @@ fn sweep_writes_runs_tables_and_plots_and_dry_run_lists_state() {
     let md = std::fs::read_to_string(exp.join("summary.md")).unwrap();
     assert!(md.contains("runs finished: 4/4"), "{md}");
     assert!(md.contains("| sv | attack_lr |"), "{md}");
-    // The pooled section names the run worst for the defence in each row: for the harmful rate
-    // with vectors, a run whose rate is the highest in summary.csv.
-    assert!(md.contains("## Pooled over the 4 runs"), "{md}");
-    let row = md
+    // The summary pools over the attack's rate (`pool: true`), once per number of vector samples
+    // (different treatments are never summed), and each row names the run worst for the defence:
+    // for the harmful rate with vectors, the run whose rate is the highest of its section in
+    // summary.csv.
+    assert_eq!(md.matches("pooled over the").count(), 2, "{md}");
+    let section = &md[md
+        .find("## sv=8: pooled over the 2 runs")
+        .unwrap_or_else(|| panic!("{md}"))..];
+    let row = section
         .lines()
         .find(|l| l.starts_with("| harmful rate | attack with vectors |"))
         .unwrap_or_else(|| panic!("{md}"));
@@ -210,10 +215,10 @@ fn sweep_writes_runs_tables_and_plots_and_dry_run_lists_state() {
         .lines()
         .skip(1)
         .map(|l| l.split(',').collect::<Vec<_>>())
-        .filter(|f| f[3] == "attacked-active")
+        .filter(|f| f[3] == "attacked-active" && f[1] == "8")
         .map(|f| (f[0], f[6].parse().unwrap()))
         .collect();
-    assert_eq!(active.len(), 4, "{csv}");
+    assert_eq!(active.len(), 2, "{csv}");
     let highest = active.iter().map(|a| a.1).fold(f64::MIN, f64::max);
     let of_worst = active.iter().find(|a| a.0 == worst_run).map(|a| a.1);
     assert_eq!(of_worst, Some(highest), "{row}\n{csv}");
@@ -885,8 +890,8 @@ fn the_hallucination_variant_runs_with_its_own_data_and_metrics() {
 }
 
 /// Defences side by side in one file: a patch axis (`field: ""`) changes several fields per
-/// defence, names the runs by its labels, and groups the pooled summary (the worst case over the
-/// other axis, per defence).
+/// defence, names the runs by its labels, and pools the summary over the attack's rate (`pool`),
+/// once per defence: the worst case over the attacker's setting, never summed over defences.
 #[test]
 fn a_defence_axis_compares_defences_in_one_summary() {
     let (dir, file) = scratch_with(
@@ -900,9 +905,9 @@ fn a_defence_axis_compares_defences_in_one_summary() {
   finetune: (harmful: 8, skill: 8, skill_facts: 4, batch_size: 4),
   evaluate: (samples: 4, max_new_tokens: 4, checkpoints: []),
   sweep: [
-    (field: "", name: Some("defence"), labels: Some(["none", "lisa"]), group: true,
+    (field: "", name: Some("defence"), labels: Some(["none", "lisa"]),
      values: [{{}}, {{"finetune": {{"lisa": {{"align_steps": 1, "finetune_steps": 1}}}}}}]),
-    (field: "finetune.lr", values: [1e-4, 1e-3], name: Some("attack_lr")),
+    (field: "finetune.lr", values: [1e-4, 1e-3], name: Some("attack_lr"), pool: true),
   ],
 )
 "#,
@@ -932,6 +937,7 @@ fn a_defence_axis_compares_defences_in_one_summary() {
             "{summary}"
         );
     }
+    assert_eq!(summary.matches("pooled over the").count(), 2, "{summary}");
     assert!(
         dir.join("results/tiny/plot-defence-harmful_rate.svg")
             .is_file()

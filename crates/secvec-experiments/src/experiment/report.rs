@@ -247,29 +247,7 @@ pub fn markdown(
         }
         md += "\n";
     }
-    match exp.sweep.iter().position(|a| a.group) {
-        // One pooled section per value of the grouping axis, over the other axes' runs.
-        Some(g) => {
-            let axis = &exp.sweep[g];
-            for value in axis.shown() {
-                let group: Vec<RunMetrics> = runs
-                    .iter()
-                    .filter(|r| r.point.get(g).is_some_and(|(_, v)| *v == value))
-                    .cloned()
-                    .collect();
-                if group.len() > 1 {
-                    let title = format!("{}={}", axis.short(), render(&value));
-                    md += &pooled(&group, advbench).replacen(
-                        "## Pooled over the",
-                        &format!("## {title}: pooled over the"),
-                        1,
-                    );
-                }
-            }
-        }
-        None if runs.len() > 1 => md += &pooled(runs, advbench),
-        None => {}
-    }
+    md += &pooled_sections(exp, runs, advbench);
 
     // The metrics any model has, in the fixed order (a harm experiment has no hallucination
     // columns, an experiment without AdvBench no AdvBench column).
@@ -312,6 +290,53 @@ pub fn markdown(
                 t.seconds
             );
         }
+    }
+    md
+}
+
+/// The pooled sections: the runs pooled over the axes that repeat one treatment (`Axis::pools`:
+/// seeds, an attacker's settings), one section per combination of the other axes' values. None
+/// where no axis pools, so that different treatments (the vectors' samples, a defence) are never
+/// summed into one count.
+fn pooled_sections(exp: &Experiment, runs: &[RunMetrics], advbench: bool) -> String {
+    if !exp.sweep.iter().any(|a| a.pools()) {
+        return String::new();
+    }
+    let kept: Vec<usize> = (0..exp.sweep.len())
+        .filter(|&i| !exp.sweep[i].pools())
+        .collect();
+    // The treatments in the order of their first run.
+    let mut treatments: Vec<(Vec<serde_json::Value>, Vec<RunMetrics>)> = Vec::new();
+    for run in runs {
+        let key: Vec<serde_json::Value> = kept
+            .iter()
+            .map(|&i| run.point.get(i).map(|(_, v)| v.clone()).unwrap_or_default())
+            .collect();
+        match treatments.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, group)) => group.push(run.clone()),
+            None => treatments.push((key, vec![run.clone()])),
+        }
+    }
+    let mut md = String::new();
+    for (key, group) in &treatments {
+        if group.len() < 2 {
+            continue;
+        }
+        let section = pooled(group, advbench);
+        if kept.is_empty() {
+            md += &section;
+            continue;
+        }
+        let title: Vec<String> = kept
+            .iter()
+            .zip(key)
+            .map(|(&i, v)| format!("{}={}", exp.sweep[i].short(), render(v)))
+            .collect();
+        md += &section.replacen(
+            "## Pooled over the",
+            &format!("## {}: pooled over the", title.join(", ")),
+            1,
+        );
     }
     md
 }
@@ -517,5 +542,62 @@ mod tests {
         let body = row(&md, "| — | 70.0% (7/10;");
         assert_eq!(cells(body), cells(header), "{md}");
         assert!(body.contains("| 40.0% (4/10;"), "{body}");
+    }
+
+    /// Pooled sections sum runs only over the axes that repeat one treatment: per value of a
+    /// treatment axis over the pooled one, and not at all where no axis pools.
+    #[test]
+    fn pooled_sections_never_sum_different_treatments() {
+        let active = Stage::Attacked(Arm::Active);
+        let at = |name: &str, sv: u64, lr: f64, harmful: usize| {
+            let mut r = run(name, active, harmful, 5);
+            r.point = vec![("sv".into(), sv.into()), ("lr".into(), lr.into())];
+            r
+        };
+        let runs = [
+            at("a", 10, 1e-4, 1),
+            at("b", 10, 1e-3, 2),
+            at("c", 100, 1e-4, 7),
+            at("d", 100, 1e-3, 9),
+        ];
+        let sweep = |pool_lr: &str| {
+            parse_str(
+                &format!(
+                    r#"(sweep: [(field: "security_vectors.samples", values: [10, 100], name: Some("sv")),
+                              (field: "finetune.lr", values: [1e-4, 1e-3], name: Some("lr"){pool_lr})])"#
+                ),
+                "t.ron",
+            )
+            .unwrap()
+        };
+        // Neither axis pools: no pooled section.
+        assert_eq!(pooled_sections(&sweep(""), &runs, false), "");
+        // The lr pools: one section per sv, each over its own two runs.
+        let md = pooled_sections(&sweep(", pool: true"), &runs, false);
+        assert_eq!(md.matches("pooled over the 2 runs").count(), 2, "{md}");
+        let sv10 = &md[md.find("## sv=10:").expect("sv=10 section")
+            ..md.find("## sv=100:").expect("sv=100 section")];
+        assert!(
+            row(sv10, "| harmful rate |").contains("| 15.0% (3/20;"),
+            "{sv10}"
+        );
+        // A seed axis pools without being told.
+        let seeds = parse_str(
+            r#"(sweep: [(field: "seed", values: [0, 1, 2, 3])])"#,
+            "t.ron",
+        )
+        .unwrap();
+        let md = pooled_sections(&seeds, &runs, false);
+        assert!(md.contains("## Pooled over the 4 runs"), "{md}");
+        // `group`, the old flag that pooled over every other axis, is refused in a file.
+        let e = format!(
+            "{:#}",
+            parse_str(
+                r#"(sweep: [(field: "seed", values: [0, 1], group: true)])"#,
+                "t.ron"
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("pool: true"), "{e}");
     }
 }

@@ -21,8 +21,15 @@ pub struct Axis {
     /// axis, whose values are structs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
-    /// The summary's pooled section is written once per value of this axis, pooling the runs
-    /// over the other axes (e.g. the worst case over the attacker's learning rate, per defence).
+    /// The runs along this axis repeat one treatment (an attacker's settings, repeats of a
+    /// measurement): the summary pools over them, once per combination of the other axes' values
+    /// (e.g. the worst case over the attacker's learning rate, per defence). A `seed` axis always
+    /// pools. Axes that change the treatment (the vectors' samples, a defence) never should: their
+    /// runs are only compared side by side.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pool: bool,
+    /// Replaced by `pool`. Read only so that the configurations stored with old runs still load;
+    /// an experiment file that sets it is refused with a message saying what to write instead.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub group: bool,
 }
@@ -32,6 +39,11 @@ impl Axis {
         self.name
             .as_deref()
             .unwrap_or_else(|| self.field.rsplit('.').next().unwrap_or(&self.field))
+    }
+
+    /// Whether the summary pools runs over this axis (`pool`, or the `seed` axis).
+    pub fn pools(&self) -> bool {
+        self.pool || self.field == "seed"
     }
 
     /// Whether each value patches the whole experiment (`field: ""`).

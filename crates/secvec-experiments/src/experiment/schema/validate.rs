@@ -264,8 +264,15 @@ impl Experiment {
 
     /// Checks the sweep's axes.
     pub fn validate_sweep(&self) -> Result<()> {
-        if self.sweep.iter().filter(|a| a.group).count() > 1 {
-            bail!("sweep: at most one axis can `group` the pooled summary");
+        if let Some(axis) = self.sweep.iter().find(|a| a.group) {
+            bail!(
+                "sweep: `group: true` on the axis `{}` is no longer read: it pooled the summary over \
+                 every other axis, also over different treatments. Write `pool: true` on the axes \
+                 whose runs repeat one treatment (e.g. the attack's learning rate) instead; the \
+                 summary then pools over those, once per value of `{}`",
+                axis.short(),
+                axis.short()
+            );
         }
         let mut seen = std::collections::HashSet::new();
         for (i, axis) in self.sweep.iter().enumerate() {
