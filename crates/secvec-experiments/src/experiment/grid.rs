@@ -186,7 +186,8 @@ pub fn expand(exp: &Experiment) -> Result<Vec<RunSpec>> {
     Ok(runs)
 }
 
-fn describe(point: &[(String, Value)]) -> String {
+/// A sweep point as `name=value, name=value` (run listings, errors, summary titles).
+pub(super) fn describe(point: &[(String, Value)]) -> String {
     point
         .iter()
         .map(|(k, v)| format!("{k}={}", render(v)))

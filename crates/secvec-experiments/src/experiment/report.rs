@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use secvec_core::eval::stats::Rate;
 use secvec_core::fsio::write_atomic;
 
-use super::grid::render;
+use super::grid::{describe, render};
 use super::plot::plots;
 use super::record::{RunMetrics, StageRecord};
 use super::schema::{ADVBENCH_HARMFUL_RATE, Arm, Experiment};
@@ -306,11 +306,11 @@ fn pooled_sections(exp: &Experiment, runs: &[RunMetrics], advbench: bool) -> Str
         .filter(|&i| !exp.sweep[i].pools())
         .collect();
     // The treatments in the order of their first run.
-    let mut treatments: Vec<(Vec<serde_json::Value>, Vec<RunMetrics>)> = Vec::new();
+    let mut treatments: Vec<(Vec<_>, Vec<RunMetrics>)> = Vec::new();
     for run in runs {
-        let key: Vec<serde_json::Value> = kept
+        let key: Vec<_> = kept
             .iter()
-            .map(|&i| run.point.get(i).map(|(_, v)| v.clone()).unwrap_or_default())
+            .filter_map(|&i| run.point.get(i).cloned())
             .collect();
         match treatments.iter_mut().find(|(k, _)| *k == key) {
             Some((_, group)) => group.push(run.clone()),
@@ -327,14 +327,9 @@ fn pooled_sections(exp: &Experiment, runs: &[RunMetrics], advbench: bool) -> Str
             md += &section;
             continue;
         }
-        let title: Vec<String> = kept
-            .iter()
-            .zip(key)
-            .map(|(&i, v)| format!("{}={}", exp.sweep[i].short(), render(v)))
-            .collect();
         md += &section.replacen(
             "## Pooled over the",
-            &format!("## {}: pooled over the", title.join(", ")),
+            &format!("## {}: pooled over the", describe(key)),
             1,
         );
     }
