@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use secvec_core::adapter::{load_peft_adapter, merge_adapter};
 use secvec_core::data::{Corpus, DataFormat, Sample, Split, load_samples};
 use secvec_core::eval::metrics::{accuracy, by_category, compliance_rate};
 use secvec_core::eval::{
@@ -32,6 +33,15 @@ use crate::model_args::ModelArgs;
 pub struct EvaluateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// A PEFT LoRA adapter directory merged into the model's weights before evaluating
+    /// (repeatable, merged in order): e.g. an experiment run's `adapters/align`.
+    #[arg(long = "merge", value_name = "DIR")]
+    pub merge: Vec<PathBuf>,
+    /// A PEFT LoRA adapter directory attached, switched on, after the merges (repeatable): e.g. a
+    /// run's `adapters/attacked-active` (its task LoRA), and `adapters/security` to evaluate it
+    /// with the security vectors on.
+    #[arg(long = "adapter", value_name = "DIR")]
+    pub adapters: Vec<PathBuf>,
     /// An AdvBench-style CSV (`goal,target`) to measure the harmful rate on as well.
     #[arg(long)]
     pub advbench: Option<PathBuf>,
@@ -106,6 +116,11 @@ struct Metrics {
     command: String,
     model: String,
     model_path: String,
+    /// Adapters merged into the weights, then attached, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    merged: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    adapters: Vec<String>,
     backend: String,
     corpus_seed: u64,
     limit: Option<usize>,
@@ -273,6 +288,23 @@ fn rate_row(what: &str, set: &str, rate: Option<Rate>) -> String {
 fn summary(m: &Metrics) -> String {
     let mut s = format!("# Evaluation: {} on {}\n\n", m.model, m.backend);
     s += &format!("Command: `{}`\n\n", m.command);
+    if !m.merged.is_empty() || !m.adapters.is_empty() {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        s += &format!(
+            "Adapters merged into the weights: {}; attached and on: {}.\n\n",
+            list(&m.merged),
+            list(&m.adapters)
+        );
+    }
     s += &format!(
         "Corpus seed {}; greedy decoding, at most {} new tokens, batches of {}; judge `{}` (the 29 GCG \
          refusal phrases + {} project phrasings; \"GCG only\" rows use the 29). {}Wall time {:.0} s.\n\n",
@@ -355,12 +387,36 @@ fn summary(m: &Metrics) -> String {
     s
 }
 
+/// Merges the adapters of `merge` into the weights, then attaches those of `attach`, switched on
+/// (the order in which an experiment run builds its models: the alignment merged, the task LoRA
+/// and the security vectors attached). Names each directory in its error.
+pub fn attach_adapters<B: Backend>(
+    model: &mut Llama<B>,
+    merge: &[PathBuf],
+    attach: &[PathBuf],
+) -> Result<()> {
+    for (i, dir) in merge.iter().enumerate() {
+        let name = format!("merged-{i}");
+        load_peft_adapter(model, dir, &name)
+            .with_context(|| format!("--merge {}", dir.display()))?;
+        merge_adapter(model, &name).with_context(|| format!("--merge {}", dir.display()))?;
+        eprintln!("merged the adapter {}", dir.display());
+    }
+    for (i, dir) in attach.iter().enumerate() {
+        load_peft_adapter(model, dir, &format!("adapter-{i}"))
+            .with_context(|| format!("--adapter {}", dir.display()))?;
+        eprintln!("attached the adapter {} (on)", dir.display());
+    }
+    Ok(())
+}
+
 impl Job for EvaluateArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let t0 = Instant::now();
-        let (source, loaded) = self.model.load::<B::InnerBackend>(&device, backend)?;
+        let (source, mut loaded) = self.model.load::<B::InnerBackend>(&device, backend)?;
+        attach_adapters(&mut loaded.model, &self.merge, &self.adapters)?;
         let advbench = match &self.advbench {
             Some(path) => Some(
                 load_samples(path, DataFormat::AdvBenchCsv)
@@ -423,6 +479,12 @@ impl Job for EvaluateArgs {
             command: std::env::args().collect::<Vec<_>>().join(" "),
             model: source.display_name(),
             model_path: loaded.path.display().to_string(),
+            merged: self.merge.iter().map(|p| p.display().to_string()).collect(),
+            adapters: self
+                .adapters
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
             backend: backend.to_string(),
             corpus_seed: self.seed,
             limit: self.limit,

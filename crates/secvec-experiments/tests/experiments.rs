@@ -944,3 +944,104 @@ fn a_defence_axis_compares_defences_in_one_summary() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The answers of one set in a generations file: (id, answer, refused) in file order.
+fn answers(path: &Path, set: &str) -> Vec<(String, String, bool)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["set"] == set)
+        .map(|v| {
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["response"].as_str().unwrap().to_string(),
+                v["refused"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_runs_adapters_rebuild_its_models_in_the_evaluate_command() {
+    let (dir, file) = scratch_with(
+        "adapters",
+        &format!(
+            r#"(
+  model: "{model}",
+  max_len: 48,
+  align: Some((refusals: 8, benign: 8, epochs: 1, batch_size: 4)),
+  security_vectors: (samples: 8, epochs: 1, batch_size: 4),
+  finetune: (harmful: 8, skill: 8, skill_facts: 4, batch_size: 4, lr: Some(1e-2)),
+  evaluate: (samples: 8, max_new_tokens: 8, batch_size: 4, checkpoints: [Aligned]),
+)
+"#,
+            model = fixture().display()
+        ),
+    );
+    let out = run(&dir, &file, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_dir = only_run_dir(&dir);
+    let adapters = run_dir.join("adapters");
+    for a in ["align", "security", "attacked-off", "attacked-active"] {
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            assert!(adapters.join(a).join(f).is_file(), "{a}/{f} missing");
+        }
+    }
+    // `evaluate` with the run's adapters: the alignment merged, then the stage's task LoRA.
+    let evaluate = |tag: &str, extra: &[&str]| -> Output {
+        Command::new(bin())
+            .arg("evaluate")
+            .args(["--model", fixture().to_str().unwrap()])
+            .args(["--limit", "8", "--max-new-tokens", "8", "--batch-size", "4"])
+            .args(["--out", dir.join(tag).to_str().unwrap()])
+            .args(extra)
+            .env("SECVEC_CACHE_DIR", dir.join("cache"))
+            .output()
+            .unwrap()
+    };
+    let arg = |a: &str| adapters.join(a).to_str().unwrap().to_string();
+    let mut seen = Vec::new();
+    for (stage, extra) in [
+        ("aligned", vec!["--merge".to_string(), arg("align")]),
+        (
+            "attacked-active",
+            vec![
+                "--merge".into(),
+                arg("align"),
+                "--adapter".into(),
+                arg("attacked-active"),
+            ],
+        ),
+        (
+            "attacked-off",
+            vec![
+                "--merge".into(),
+                arg("align"),
+                "--adapter".into(),
+                arg("attacked-off"),
+            ],
+        ),
+    ] {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let out = evaluate(stage, &extra);
+        assert!(out.status.success(), "{stage}: {}", stderr(&out));
+        let again = dir.join(stage).join("generations.jsonl");
+        let in_run = run_dir.join(format!("generations-{stage}.jsonl"));
+        for (set, run_set) in [("eval_harmful", "harmful"), ("eval_benign", "benign")] {
+            let (a, b) = (answers(&again, set), answers(&in_run, run_set));
+            assert_eq!(a.len(), 8, "{stage} {set}");
+            assert_eq!(a, b, "{stage}: {set} answered differently than in the run");
+        }
+        let m = read_metrics(&dir.join(stage).join("metrics.json"));
+        assert_eq!(m["merged"][0], arg("align"));
+        seen.push(answers(&again, "eval_harmful"));
+    }
+    // The attack changed the model, so the comparison above could fail: a task LoRA loaded but
+    // ignored would answer as the aligned model does.
+    assert_ne!(seen[0], seen[1], "the attack left every answer unchanged");
+
+    // A directory that is not an adapter is an error naming it.
+    let out = evaluate("bad", &["--adapter", dir.join("nowhere").to_str().unwrap()]);
+    assert_fails_with(&out, "nowhere");
+}

@@ -7,8 +7,10 @@ use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
-use secvec_core::adapter::peft::write_f32_safetensors;
-use secvec_core::adapter::{ALIGN, SECURITY, TASK, merge_adapter, set_base_trainable};
+use secvec_core::adapter::peft::{CONFIG_FILE, WEIGHTS_FILE, write_f32_safetensors};
+use secvec_core::adapter::{
+    ALIGN, SECURITY, TASK, merge_adapter, save_peft_adapter, set_base_trainable,
+};
 use secvec_core::data::Sample;
 use secvec_core::defence::{finetune_lisa, train_alignment_vaccine};
 use secvec_core::steering::{attach_steering, steering_directions};
@@ -53,6 +55,30 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
 
     /// The alignment stage's data: its refusals, then its benign answers (also Lisa's
     /// alignment data).
+    /// The PEFT adapter `name` of this run's models, in `adapters/<name>/` of the run's folder
+    /// (with `evaluate --merge`/`--adapter`, the models can be evaluated again on other sets).
+    fn adapter_dir(&self, name: &str) -> PathBuf {
+        self.run_dir().join("adapters").join(name)
+    }
+
+    /// Puts a cached stage's adapter into the run's folder: hard links to the cache entry's two
+    /// files (no second copy on disk), or copies where the two are on different file systems.
+    fn keep_adapter(&self, name: &str, entry: &Path) -> Result<()> {
+        let dir = self.adapter_dir(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for file in [CONFIG_FILE, WEIGHTS_FILE] {
+            let (from, to) = (entry.join(file), dir.join(file));
+            if to.exists() {
+                std::fs::remove_file(&to).with_context(|| format!("replacing {}", to.display()))?;
+            }
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to)
+                    .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn align_data(&self) -> Vec<Sample> {
         let mut data = self.data.align_refusals.clone();
         data.extend(self.data.align_benign.iter().cloned());
@@ -163,6 +189,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             self.fresh,
         )?;
         merge_adapter(&mut m, ALIGN)?;
+        self.keep_adapter(ALIGN, &self.cache.join("align").join(&hash))?;
         self.training.push(summary);
         Ok((m, hash))
     }
@@ -186,7 +213,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         let examples = self.encode(&self.data.sv)?;
         let pad = self.tok().pad_id();
         let n = self.data.sv.len();
-        let (model, summary, _) = cached_adapter(
+        let (model, summary, hash) = cached_adapter(
             &self.cache,
             "vectors",
             SECURITY,
@@ -204,6 +231,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             n,
             self.fresh,
         )?;
+        self.keep_adapter(SECURITY, &self.cache.join("vectors").join(&hash))?;
         self.training.push(summary);
         Ok(model)
     }
@@ -295,6 +323,8 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
     /// The task LoRA of the `off` arm does not depend on the vectors (they are off, or absent), so
     /// it is kept in the stage cache (`attack-off/<hash>/`): runs that differ only in the vectors'
     /// settings — the ablations of their samples, learning rate and epochs — train it once.
+    /// Each arm's task LoRA is kept in the run's `adapters/<stage>/` (beside the alignment's and
+    /// the vectors'), so its model can be evaluated again later.
     pub(super) fn attack(
         &self,
         plan: &Plan,
@@ -354,8 +384,9 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                     self.fresh,
                 )?;
                 summary.stage = stage.name();
-                let steps_path = self.cache.join("attack-off").join(hash).join("steps.json");
-                let steps: Vec<StepLog> = read_json(&steps_path)?;
+                let entry = self.cache.join("attack-off").join(hash);
+                self.keep_adapter(&stage.name(), &entry)?;
+                let steps: Vec<StepLog> = read_json(&entry.join("steps.json"))?;
                 (tuned, summary, steps)
             }
             _ => {
@@ -370,6 +401,12 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                     .tune(model.clone(), examples, &cfg)
                     .with_context(|| format!("stage `{stage}`"))?;
                 let summary = TrainSummary::new(&stage.name(), n, &report);
+                // A task LoRA is kept with the run (a full fine-tune, the whole model, is not).
+                if let FinetuneMode::Lora(adapter) = &cfg.mode {
+                    let dir = self.adapter_dir(&stage.name());
+                    save_peft_adapter(&tuned, TASK, adapter, &self.model_name, &dir)
+                        .with_context(|| format!("saving the task LoRA to {}", dir.display()))?;
+                }
                 (tuned, summary, report.steps)
             }
         };
