@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use secvec_core::adapter::{load_peft_adapter, merge_adapter};
 use secvec_core::data::{Corpus, DataFormat, Sample, Split, load_samples};
 use secvec_core::eval::metrics::{accuracy, by_category, compliance_rate};
 use secvec_core::eval::{
@@ -27,21 +26,14 @@ use secvec_models::{Llama, TextTokenizer};
 use serde::Serialize;
 
 use crate::backend::{BackendKind, Job};
-use crate::model_args::ModelArgs;
+use crate::model_args::{AdapterArgs, ModelArgs};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvaluateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A PEFT LoRA adapter directory merged into the model's weights before evaluating
-    /// (repeatable, merged in order): e.g. an experiment run's `adapters/align`.
-    #[arg(long = "merge", value_name = "DIR")]
-    pub merge: Vec<PathBuf>,
-    /// A PEFT LoRA adapter directory attached, switched on, after the merges (repeatable): e.g. a
-    /// run's `adapters/attacked-active` (its task LoRA), and `adapters/security` to evaluate it
-    /// with the security vectors on.
-    #[arg(long = "adapter", value_name = "DIR")]
-    pub adapters: Vec<PathBuf>,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// An AdvBench-style CSV (`goal,target`) to measure the harmful rate on as well.
     #[arg(long)]
     pub advbench: Option<PathBuf>,
@@ -141,6 +133,10 @@ struct GenerationLine<'a> {
     set: &'a str,
     #[serde(flatten)]
     result: &'a SampleResult,
+}
+
+fn paths(v: &[PathBuf]) -> Vec<String> {
+    v.iter().map(|p| p.display().to_string()).collect()
 }
 
 fn first(samples: &[Sample], limit: Option<usize>) -> &[Sample] {
@@ -387,36 +383,13 @@ fn summary(m: &Metrics) -> String {
     s
 }
 
-/// Merges the adapters of `merge` into the weights, then attaches those of `attach`, switched on
-/// (the order in which an experiment run builds its models: the alignment merged, the task LoRA
-/// and the security vectors attached). Names each directory in its error.
-pub fn attach_adapters<B: Backend>(
-    model: &mut Llama<B>,
-    merge: &[PathBuf],
-    attach: &[PathBuf],
-) -> Result<()> {
-    for (i, dir) in merge.iter().enumerate() {
-        let name = format!("merged-{i}");
-        load_peft_adapter(model, dir, &name)
-            .with_context(|| format!("--merge {}", dir.display()))?;
-        merge_adapter(model, &name).with_context(|| format!("--merge {}", dir.display()))?;
-        eprintln!("merged the adapter {}", dir.display());
-    }
-    for (i, dir) in attach.iter().enumerate() {
-        load_peft_adapter(model, dir, &format!("adapter-{i}"))
-            .with_context(|| format!("--adapter {}", dir.display()))?;
-        eprintln!("attached the adapter {} (on)", dir.display());
-    }
-    Ok(())
-}
-
 impl Job for EvaluateArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let t0 = Instant::now();
         let (source, mut loaded) = self.model.load::<B::InnerBackend>(&device, backend)?;
-        attach_adapters(&mut loaded.model, &self.merge, &self.adapters)?;
+        self.adapters.apply(&mut loaded.model)?;
         let advbench = match &self.advbench {
             Some(path) => Some(
                 load_samples(path, DataFormat::AdvBenchCsv)
@@ -479,12 +452,8 @@ impl Job for EvaluateArgs {
             command: std::env::args().collect::<Vec<_>>().join(" "),
             model: source.display_name(),
             model_path: loaded.path.display().to_string(),
-            merged: self.merge.iter().map(|p| p.display().to_string()).collect(),
-            adapters: self
-                .adapters
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect(),
+            merged: paths(&self.adapters.merge),
+            adapters: paths(&self.adapters.attach),
             backend: backend.to_string(),
             corpus_seed: self.seed,
             limit: self.limit,

@@ -7,12 +7,14 @@ use burn::tensor::backend::AutodiffBackend;
 use secvec_models::{GenerationConfig, Message, Sampling, generate};
 
 use crate::backend::{BackendKind, Job};
-use crate::model_args::ModelArgs;
+use crate::model_args::{AdapterArgs, ModelArgs};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub adapters: AdapterArgs,
     /// The user message (repeat for a batch of prompts).
     #[arg(long, required = true)]
     prompt: Vec<String>,
@@ -38,9 +40,10 @@ impl Job for GenerateArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
-        let (_, loaded) = self
-            .model
-            .load_for_inference::<B::InnerBackend>(&device, backend)?;
+        // The adapters go in before bf16/f16 weights are cast, so they are cast with them.
+        let (_, mut loaded) = self.model.load::<B::InnerBackend>(&device, backend)?;
+        self.adapters.apply(&mut loaded.model)?;
+        loaded.model = loaded.model.with_half_weights();
         let tok = &loaded.tokenizer;
         let prompts = self
             .prompt

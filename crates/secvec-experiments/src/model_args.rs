@@ -27,6 +27,46 @@ pub struct ModelArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// PEFT LoRA adapters to build a model from, for the commands that use one (`evaluate`,
+/// `generate`): an experiment run keeps its models' in `runs/<run>/adapters/`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct AdapterArgs {
+    /// A PEFT LoRA adapter directory merged into the model's weights (repeatable, merged in
+    /// order): e.g. an experiment run's `adapters/align`.
+    #[arg(long = "merge", value_name = "DIR")]
+    pub merge: Vec<PathBuf>,
+    /// A PEFT LoRA adapter directory attached, switched on, after the merges (repeatable): e.g. a
+    /// run's `adapters/attacked-active` (its task LoRA); `adapters/security` before it gives the
+    /// same model with the security vectors on.
+    #[arg(long = "adapter", value_name = "DIR")]
+    pub attach: Vec<PathBuf>,
+}
+
+impl AdapterArgs {
+    /// Merges the `--merge` adapters into the weights, then attaches the `--adapter` ones,
+    /// switched on: the order in which an experiment run builds its models (the alignment
+    /// merged, the vectors and the task LoRA attached). Errors name the option and directory.
+    pub fn apply<B: burn::tensor::backend::Backend>(
+        &self,
+        model: &mut secvec_models::Llama<B>,
+    ) -> Result<()> {
+        use secvec_core::adapter::{load_peft_adapter, merge_adapter};
+        for (i, dir) in self.merge.iter().enumerate() {
+            let name = format!("merged-{i}");
+            let what = || format!("--merge {}", dir.display());
+            load_peft_adapter(model, dir, &name).with_context(what)?;
+            merge_adapter(model, &name).with_context(what)?;
+            eprintln!("merged the adapter {}", dir.display());
+        }
+        for (i, dir) in self.attach.iter().enumerate() {
+            load_peft_adapter(model, dir, &format!("adapter-{i}"))
+                .with_context(|| format!("--adapter {}", dir.display()))?;
+            eprintln!("attached the adapter {} (on)", dir.display());
+        }
+        Ok(())
+    }
+}
+
 /// Loads `source` (named `name` in errors) to compute in `dtype`. The backend is first checked
 /// to support `dtype` (an error names the option or field `dtype_field`); the one place where
 /// the commands and the experiment runner turn a precision into a model.

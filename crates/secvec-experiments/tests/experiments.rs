@@ -963,7 +963,7 @@ fn answers(path: &Path, set: &str) -> Vec<(String, String, bool)> {
 }
 
 #[test]
-fn a_runs_adapters_rebuild_its_models_in_the_evaluate_command() {
+fn a_runs_adapters_rebuild_its_models_in_evaluate_and_generate() {
     let (dir, file) = scratch_with(
         "adapters",
         &format!(
@@ -1040,6 +1040,51 @@ fn a_runs_adapters_rebuild_its_models_in_the_evaluate_command() {
     // The attack changed the model, so the comparison above could fail: a task LoRA loaded but
     // ignored would answer as the aligned model does.
     assert_ne!(seen[0], seen[1], "the attack left every answer unchanged");
+
+    // `generate` takes the same options: the first batch of harmful prompts gets the run's
+    // answers from the attacked model.
+    let in_run = answers(
+        &run_dir.join("generations-attacked-active.jsonl"),
+        "harmful",
+    );
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(run_dir.join("generations-attacked-active.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &serde_json::Value| v["set"] == "harmful")
+            .take(4)
+            .collect();
+    let mut cmd = Command::new(bin());
+    cmd.arg("generate")
+        .args(["--model", fixture().to_str().unwrap()])
+        .args(["--max-new-tokens", "8"])
+        .args([
+            "--merge",
+            &arg("align"),
+            "--adapter",
+            &arg("attacked-active"),
+        ])
+        .env("SECVEC_CACHE_DIR", dir.join("cache"));
+    for l in &lines {
+        cmd.args(["--prompt", l["prompt"].as_str().unwrap()]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut generated: Vec<String> = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        match line.strip_prefix("### ") {
+            Some(_) => generated.push(String::new()),
+            None => {
+                let last = generated.last_mut().expect("an answer before its prompt");
+                last.push_str(line);
+                last.push('\n');
+            }
+        }
+    }
+    let expected: Vec<String> = in_run[..4].iter().map(|a| a.1.clone()).collect();
+    let generated: Vec<String> = generated.iter().map(|g| g.trim().to_string()).collect();
+    assert_eq!(generated, expected);
 
     // A directory that is not an adapter is an error naming it.
     let out = evaluate("bad", &["--adapter", dir.join("nowhere").to_str().unwrap()]);
