@@ -28,7 +28,7 @@ pub struct ModelArgs {
 }
 
 /// PEFT LoRA adapters to build a model from, for the commands that use one (`evaluate`,
-/// `generate`): an experiment run keeps its models' in `runs/<run>/adapters/`.
+/// `generate`): an experiment run keeps those of its models in `runs/<run>/adapters/`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct AdapterArgs {
     /// A PEFT LoRA adapter directory merged into the model's weights (repeatable, merged in

@@ -53,8 +53,6 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         &self.evaluator.dir
     }
 
-    /// The alignment stage's data: its refusals, then its benign answers (also Lisa's
-    /// alignment data).
     /// The PEFT adapter `name` of this run's models, in `adapters/<name>/` of the run's folder
     /// (with `evaluate --merge`/`--adapter`, the models can be evaluated again on other sets).
     fn adapter_dir(&self, name: &str) -> PathBuf {
@@ -79,6 +77,8 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         Ok(())
     }
 
+    /// The alignment stage's data: its refusals, then its benign answers (also Lisa's
+    /// alignment data).
     pub(super) fn align_data(&self) -> Vec<Sample> {
         let mut data = self.data.align_refusals.clone();
         data.extend(self.data.align_benign.iter().cloned());
