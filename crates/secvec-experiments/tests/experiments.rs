@@ -945,13 +945,20 @@ fn a_defence_axis_compares_defences_in_one_summary() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The answers of one set in a generations file: (id, answer, refused) in file order.
-fn answers(path: &Path, set: &str) -> Vec<(String, String, bool)> {
+/// The lines of one set in a generations file, in file order.
+fn generation_lines(path: &Path, set: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["set"] == set)
+        .collect()
+}
+
+/// The answers of one set in a generations file: (id, answer, refused) in file order.
+fn answers(path: &Path, set: &str) -> Vec<(String, String, bool)> {
+    generation_lines(path, set)
+        .iter()
         .map(|v| {
             (
                 v["id"].as_str().unwrap().to_string(),
@@ -1043,18 +1050,11 @@ fn a_runs_adapters_rebuild_its_models_in_evaluate_and_generate() {
 
     // `generate` takes the same options: the first batch of harmful prompts gets the run's
     // answers from the attacked model.
-    let in_run = answers(
+    let mut lines = generation_lines(
         &run_dir.join("generations-attacked-active.jsonl"),
         "harmful",
     );
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(run_dir.join("generations-attacked-active.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .filter(|v: &serde_json::Value| v["set"] == "harmful")
-            .take(4)
-            .collect();
+    lines.truncate(4);
     let mut cmd = Command::new(bin());
     cmd.arg("generate")
         .args(["--model", fixture().to_str().unwrap()])
@@ -1082,7 +1082,10 @@ fn a_runs_adapters_rebuild_its_models_in_evaluate_and_generate() {
             }
         }
     }
-    let expected: Vec<String> = in_run[..4].iter().map(|a| a.1.clone()).collect();
+    let expected: Vec<String> = lines
+        .iter()
+        .map(|l| l["response"].as_str().unwrap().to_string())
+        .collect();
     let generated: Vec<String> = generated.iter().map(|g| g.trim().to_string()).collect();
     assert_eq!(generated, expected);
 
