@@ -5,7 +5,9 @@
 //!   on an AdvBench CSV if given — judged by the GCG keyword list extended with the project's
 //!   refusal phrasings, and reported with the plain GCG list as well;
 //! - over-refusal and accuracy on `eval_benign`;
-//! - accuracy on `skill_eval` (the fictional knowledge base; ≈ 0 before training on it);
+//! - accuracy on `skill_eval`: the fictional knowledge base (≈ 0 before training on it), or with
+//!   `--skill-task records` the records skill's held-out entries, the set an experiment with
+//!   `skill_task: Records` measures, so a run's model rebuilt from its adapters gives its skill;
 //! - teacher-forced mean NLL of the refusal and of the compliant answer to each `eval_harmful`
 //!   prompt, and the share of prompts whose refusal is the likelier.
 
@@ -15,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use secvec_core::data::{Corpus, DataFormat, Sample, Split, load_samples};
+use secvec_core::data::{Corpus, DataFormat, Sample, Split, load_samples, records};
 use secvec_core::eval::metrics::{accuracy, by_category, compliance_rate};
 use secvec_core::eval::{
     EvalConfig, EvalSet, Judge, KeywordJudge, Rate, SampleResult, SetKind, SetReport,
@@ -26,6 +28,7 @@ use secvec_models::{Llama, TextTokenizer};
 use serde::Serialize;
 
 use crate::backend::{BackendKind, Job};
+use crate::experiment::data::RECORDS_EVAL;
 use crate::model_args::{AdapterArgs, ModelArgs};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -46,6 +49,11 @@ pub struct EvaluateArgs {
     /// Prompts per generation batch (and pairs per NLL batch).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// The skill whose held-out samples `skill_eval` holds: the knowledge base's facts (every
+    /// fact; an experiment's `skill_facts` takes the first n), or the records skill (its 100
+    /// held-out entries, as an experiment with `skill_task: Records` evaluates them).
+    #[arg(long, value_enum, default_value_t = SkillSet::Facts)]
+    pub skill_task: SkillSet,
     /// Evaluate only the first n samples of each set (the built-in sets are stratified by
     /// category, so their prefixes stay balanced).
     #[arg(long)]
@@ -56,6 +64,16 @@ pub struct EvaluateArgs {
     /// Output directory.
     #[arg(long, default_value = "results/baseline")]
     pub out: PathBuf,
+}
+
+/// `--skill-task`: which built-in skill `skill_eval` measures (`Capitals` needs an
+/// experiment's hallucination data, so it is not offered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SkillSet {
+    #[default]
+    Facts,
+    Records,
 }
 
 /// The metrics of one evaluation set.
@@ -115,6 +133,8 @@ struct Metrics {
     adapters: Vec<String>,
     backend: String,
     corpus_seed: u64,
+    /// What `skill_eval` holds (`--skill-task`).
+    skill_task: SkillSet,
     limit: Option<usize>,
     generation: EvalConfig,
     judge: JudgeInfo,
@@ -439,10 +459,23 @@ impl Job for EvaluateArgs {
             true,
         )?;
         generations.push(("eval_benign", results));
+        let (skill_source, skill_samples) = match self.skill_task {
+            SkillSet::Facts => (
+                builtin(Split::SkillEval),
+                corpus.split(Split::SkillEval).to_vec(),
+            ),
+            SkillSet::Records => (
+                format!(
+                    "built-in records skill, held-out entries (seed {})",
+                    self.seed
+                ),
+                records::eval_samples(self.seed, RECORDS_EVAL),
+            ),
+        };
         let (skill_m, results) = ev.graded(
             "skill_eval",
-            builtin(Split::SkillEval),
-            first(corpus.split(Split::SkillEval), self.limit),
+            skill_source,
+            first(&skill_samples, self.limit),
             false,
         )?;
         generations.push(("skill_eval", results));
@@ -456,6 +489,7 @@ impl Job for EvaluateArgs {
             adapters: paths(&self.adapters.attach),
             backend: backend.to_string(),
             corpus_seed: self.seed,
+            skill_task: self.skill_task,
             limit: self.limit,
             generation: ev.config.clone(),
             judge: JudgeInfo {

@@ -979,7 +979,7 @@ fn a_runs_adapters_rebuild_its_models_in_evaluate_and_generate() {
   max_len: 48,
   align: Some((refusals: 8, benign: 8, epochs: 1, batch_size: 4)),
   security_vectors: (samples: 8, epochs: 1, batch_size: 4),
-  finetune: (harmful: 8, skill: 8, skill_facts: 4, batch_size: 4, lr: Some(1e-2)),
+  finetune: (harmful: 8, skill: 8, skill_task: Records, batch_size: 4, lr: Some(1e-2)),
   evaluate: (samples: 8, max_new_tokens: 8, batch_size: 4, checkpoints: [Aligned]),
 )
 "#,
@@ -1001,6 +1001,7 @@ fn a_runs_adapters_rebuild_its_models_in_evaluate_and_generate() {
             .arg("evaluate")
             .args(["--model", fixture().to_str().unwrap()])
             .args(["--limit", "8", "--max-new-tokens", "8", "--batch-size", "4"])
+            .args(["--skill-task", "records"])
             .args(["--out", dir.join(tag).to_str().unwrap()])
             .args(extra)
             .env("SECVEC_CACHE_DIR", dir.join("cache"))
@@ -1035,13 +1036,18 @@ fn a_runs_adapters_rebuild_its_models_in_evaluate_and_generate() {
         assert!(out.status.success(), "{stage}: {}", stderr(&out));
         let again = dir.join(stage).join("generations.jsonl");
         let in_run = run_dir.join(format!("generations-{stage}.jsonl"));
-        for (set, run_set) in [("eval_harmful", "harmful"), ("eval_benign", "benign")] {
+        for (set, run_set) in [
+            ("eval_harmful", "harmful"),
+            ("eval_benign", "benign"),
+            ("skill_eval", "skill"),
+        ] {
             let (a, b) = (answers(&again, set), answers(&in_run, run_set));
             assert_eq!(a.len(), 8, "{stage} {set}");
             assert_eq!(a, b, "{stage}: {set} answered differently than in the run");
         }
         let m = read_metrics(&dir.join(stage).join("metrics.json"));
         assert_eq!(m["merged"][0], arg("align"));
+        assert_eq!(m["skill_task"], "records");
         seen.push(answers(&again, "eval_harmful"));
     }
     // The attack changed the model, so the comparison above could fail: a task LoRA loaded but

@@ -14,8 +14,9 @@ use secvec_core::train::TextPair;
 use super::record::sha256_hex;
 use super::schema::{Behaviour, Experiment, SkillTask, Source, VectorKind};
 
-/// Held-out samples of the records skill (cut further by `evaluate.samples`).
-const RECORDS_EVAL: usize = 100;
+/// Held-out samples of the records skill (cut further by `evaluate.samples`; `evaluate
+/// --skill-task records` takes the same ones).
+pub const RECORDS_EVAL: usize = 100;
 
 /// Samples from a stage's source: the built-in split, or a user file.
 fn from_source(source: &Source, builtin: Vec<Sample>, what: &str) -> Result<Vec<Sample>> {
