@@ -774,6 +774,55 @@ fn lisa_alternates_with_the_alignment_data_in_an_experiment() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// SafeInstr with `safety_with_vectors: false`: the demonstrations are trained with the vectors
+/// off in the active arm, which changes its step losses; the off arm trains as with the default.
+#[test]
+fn safe_instr_trains_its_demonstrations_with_the_vectors_off_when_asked() {
+    let exp = |with: &str| {
+        format!(
+            r#"(
+  model: "{model}",
+  max_len: 48,
+  align: Some((refusals: 8, benign: 8, epochs: 1, batch_size: 4)),
+  security_vectors: (samples: 8, batch_size: 4),
+  finetune: (harmful: 8, skill: 8, skill_facts: 4, batch_size: 4, safety: 4{with}),
+  evaluate: (samples: 8, max_new_tokens: 8, checkpoints: []),
+)
+"#,
+            model = fixture().display()
+        )
+    };
+    let losses = |name: &str, with: &str| {
+        let (dir, file) = scratch_with(name, &exp(with));
+        let out = run(&dir, &file, &[], &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let log = stderr(&out);
+        let run_dir = only_run_dir(&dir);
+        let arm = |arm: &str| -> Vec<f64> {
+            read_metrics(&run_dir.join(format!("train-attacked-{arm}.json")))
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["loss"].as_f64().unwrap())
+                .collect()
+        };
+        let got = (arm("off"), arm("active"), log);
+        let _ = std::fs::remove_dir_all(&dir);
+        got
+    };
+    let (on_off, on_active, on_log) = losses("safeinstr-on", "");
+    let (off_off, off_active, off_log) = losses("safeinstr-off", ", safety_with_vectors: false");
+    assert!(
+        off_log.contains("SafeInstr: 4 demonstrations trained with the vectors off"),
+        "{off_log}"
+    );
+    assert!(!on_log.contains("trained with the vectors off"), "{on_log}");
+    // 20 samples in steps of 4: 5 steps in each arm.
+    assert_eq!(on_active.len(), 5);
+    assert_eq!(off_off, on_off);
+    assert_ne!(off_active, on_active);
+}
+
 /// Vaccine as the experiment's defence: the alignment stage is trained under the perturbation,
 /// and it is another cache entry than plain alignment's (which a second run does not reuse).
 #[test]

@@ -16,7 +16,7 @@ pub mod safe_instr;
 pub mod vaccine;
 
 pub use lisa::{LisaConfig, finetune_lisa};
-pub use safe_instr::mix_in_safety_data;
+pub use safe_instr::{finetune_safe_instr, mix_in_safety_data, mix_in_safety_data_marked};
 pub use vaccine::{VaccineConfig, train_alignment_vaccine};
 
 /// A defence that changes how the trainer trains, not only its data.
@@ -26,6 +26,9 @@ pub(crate) enum Defence<'a> {
     Lisa(lisa::BiState<'a>),
     /// Perturbation-aware training (Vaccine).
     Vaccine(&'a VaccineConfig),
+    /// SafeInstr beside active security vectors, its demonstrations trained with the vectors
+    /// off: `true` at the index of each demonstration among the training examples.
+    SafeInstrVectorsOff(&'a [bool]),
 }
 
 impl Defence<'_> {
@@ -43,6 +46,14 @@ impl Defence<'_> {
         }
     }
 
+    /// SafeInstr with its demonstrations trained with the vectors off: which examples they are.
+    pub(crate) fn demonstrations(&self) -> Option<&[bool]> {
+        match self {
+            Defence::SafeInstrVectorsOff(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// What the defence adds to a training run's identity (its checkpoint fingerprint): its
     /// settings; empty without one, which keeps the fingerprints of plain runs.
     pub(crate) fn salt(&self) -> String {
@@ -53,6 +64,15 @@ impl Defence<'_> {
             }
             Defence::Vaccine(v) => {
                 format!("vaccine {}", serde_json::to_string(v).unwrap_or_default())
+            }
+            Defence::SafeInstrVectorsOff(m) => {
+                let at: Vec<String> = m
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| **d)
+                    .map(|(i, _)| i.to_string())
+                    .collect();
+                format!("safe_instr vectors off at {}", at.join(","))
             }
         }
     }

@@ -12,13 +12,31 @@
 //! from the alignment stage's, or a user file); their number is the experiment's
 //! `finetune.safety`; they are shuffled uniformly into the user's data and trained with the same
 //! loss (on response tokens) and schedule as it. Nothing else changes in training.
+//!
+//! Combined with security vectors (not in the paper), the demonstrations are by default trained
+//! with the vectors on, like the rest of the data. There the vectors make the model comply with
+//! the harmful prompts, so the refusals carry a large loss and the task LoRA learns a refusal
+//! strong enough to overcome the vectors — too strong once they are off at inference (this
+//! project measured 9–12 of 100 benign prompts refused, against 0–2 for either defence alone).
+//! [`finetune_safe_instr`] can instead train the demonstrations with the vectors off and the
+//! user's data with them on: each step's examples are split into the user's (vectors on) and the
+//! demonstrations (vectors off), each part in micro-batches of its own, and the gradients of both
+//! are accumulated into the one optimizer step (token-weighted, as in any step). The refusals
+//! are then learned by the model as it is used at inference.
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
+use burn::tensor::backend::AutodiffBackend;
+use secvec_models::Llama;
+
+use super::Defence;
 use crate::data::{DataError, Sample, SampleKind};
+use crate::error::{CoreError, Result};
 use crate::eval::KeywordJudge;
+use crate::train::phases::{FinetuneConfig, SecurityVectors, finetune_with};
+use crate::train::{TrainCallback, TrainExample, TrainReport};
 
 /// Offset of the shuffle's seed from the run's seed, so that the order is not the one the
 /// user's data was mixed with.
@@ -35,9 +53,19 @@ pub fn mix_in_safety_data(
     user: &[Sample],
     safety: &[Sample],
     seed: u64,
-) -> Result<Vec<Sample>, DataError> {
+) -> std::result::Result<Vec<Sample>, DataError> {
+    Ok(mix_in_safety_data_marked(user, safety, seed)?.0)
+}
+
+/// [`mix_in_safety_data`], with `true` at the position of each demonstration in the mixed data
+/// (for [`finetune_safe_instr`]). The order is the same as `mix_in_safety_data`'s.
+pub fn mix_in_safety_data_marked(
+    user: &[Sample],
+    safety: &[Sample],
+    seed: u64,
+) -> std::result::Result<(Vec<Sample>, Vec<bool>), DataError> {
     if safety.is_empty() {
-        return Ok(user.to_vec());
+        return Ok((user.to_vec(), vec![false; user.len()]));
     }
     let judge = KeywordJudge::secvec();
     if let Some(bad) = safety
@@ -52,9 +80,43 @@ pub fn mix_in_safety_data(
             bad.response.chars().take(80).collect::<String>()
         )));
     }
-    let mut out: Vec<Sample> = user.iter().chain(safety).cloned().collect();
+    // A shuffle's permutation depends only on the length and the generator, so marking the
+    // samples does not change the order `mix_in_safety_data` has always given.
+    let mut out: Vec<(Sample, bool)> = user
+        .iter()
+        .map(|s| (s.clone(), false))
+        .chain(safety.iter().map(|s| (s.clone(), true)))
+        .collect();
     out.shuffle(&mut StdRng::seed_from_u64(seed ^ SHUFFLE_SEED_OFFSET));
-    Ok(out)
+    Ok(out.into_iter().unzip())
+}
+
+/// Phase 2 ([`finetune`](crate::train::finetune)) on SafeInstr's mixed data, the demonstrations
+/// (`demonstrations[i]` for `examples[i]`) trained with the security vectors off and the rest
+/// with them on, when `cfg` has the vectors active; without active vectors it is plain
+/// `finetune`, as there is nothing to switch. Returns the model with the vectors off, as
+/// `finetune` does.
+pub fn finetune_safe_instr<B: AutodiffBackend>(
+    model: Llama<B>,
+    examples: &[TrainExample],
+    demonstrations: &[bool],
+    pad_id: u32,
+    cfg: &FinetuneConfig,
+    callback: &mut dyn TrainCallback<B>,
+) -> Result<(Llama<B>, TrainReport)> {
+    if demonstrations.len() != examples.len() {
+        return Err(CoreError::InvalidConfig(format!(
+            "safe_instr: {} demonstration marks for {} training examples",
+            demonstrations.len(),
+            examples.len()
+        )));
+    }
+    let defence = if cfg.security_vectors == SecurityVectors::Active {
+        Defence::SafeInstrVectorsOff(demonstrations)
+    } else {
+        Defence::None
+    };
+    finetune_with(model, examples, pad_id, cfg, &defence, callback)
 }
 
 #[cfg(test)]
@@ -101,6 +163,21 @@ mod tests {
         assert_eq!(mixed, mix_in_safety_data(&user, &safety, 3).unwrap());
         // No demonstrations: the user's data as it was, in its order.
         assert_eq!(mix_in_safety_data(&user, &[], 3).unwrap(), user);
+        // Marked: the same order, and a mark on exactly the demonstrations.
+        let (marked, marks) = mix_in_safety_data_marked(&user, &safety, 3).unwrap();
+        assert_eq!(marked, mixed);
+        let safety_ids: std::collections::HashSet<&str> =
+            safety.iter().map(|s| s.id.as_str()).collect();
+        let want: Vec<bool> = marked
+            .iter()
+            .map(|s| safety_ids.contains(s.id.as_str()))
+            .collect();
+        assert_eq!(marks, want);
+        assert_eq!(marks.iter().filter(|m| **m).count(), 50);
+        assert_eq!(
+            mix_in_safety_data_marked(&user, &[], 3).unwrap().1,
+            vec![false; 200]
+        );
     }
 
     #[test]

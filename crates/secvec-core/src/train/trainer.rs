@@ -190,6 +190,23 @@ pub(crate) fn train_with<B: AutodiffBackend>(
     let vaccine = defence.vaccine();
     let fitted = fit(examples, cfg.max_len);
     let usable = trainable(&fitted);
+    // SafeInstr with the vectors off for its demonstrations: which of `usable` they are.
+    let demonstration: Vec<bool> = match defence.demonstrations() {
+        Some(marks) if marks.len() != examples.len() => {
+            return Err(CoreError::InvalidConfig(format!(
+                "safe_instr: {} demonstration marks for {} training examples",
+                marks.len(),
+                examples.len()
+            )));
+        }
+        Some(marks) => fitted
+            .iter()
+            .zip(marks)
+            .filter(|(e, _)| e.n_target() > 0)
+            .map(|(_, &d)| d)
+            .collect(),
+        None => Vec::new(),
+    };
     let fitted_guide = bi.map(|b| fit(b.guide, cfg.max_len)).unwrap_or_default();
     let guide = trainable(&fitted_guide);
     if bi.is_some() && guide.is_empty() {
@@ -242,6 +259,10 @@ pub(crate) fn train_with<B: AutodiffBackend>(
     // The whole plan up front: each epoch a fresh seeded shuffle cut into steps (the last step
     // of an epoch may be smaller).
     let mut plan: Vec<(usize, Vec<&TrainExample>)> = Vec::with_capacity(total);
+    // Where each step's examples trained with the vectors on end: SafeInstr's demonstrations
+    // (with `demonstration`) are moved behind the user's examples, to be trained with the vectors
+    // off; otherwise the whole step.
+    let mut vectors_on_until: Vec<usize> = Vec::with_capacity(total);
     let mut epoch = 0;
     while plan.len() < total {
         let mut order: Vec<usize> = (0..usable.len()).collect();
@@ -250,6 +271,16 @@ pub(crate) fn train_with<B: AutodiffBackend>(
             if plan.len() == total {
                 break;
             }
+            let mut c = c.to_vec();
+            if !demonstration.is_empty() {
+                // Stable: each part keeps the shuffle's order.
+                c.sort_by_key(|&i| demonstration[i]);
+            }
+            vectors_on_until.push(
+                c.iter()
+                    .filter(|&&i| !demonstration.get(i).copied().unwrap_or(false))
+                    .count(),
+            );
             plan.push((epoch, c.iter().map(|&i| usable[i]).collect()));
         }
         epoch += 1;
@@ -274,6 +305,7 @@ pub(crate) fn train_with<B: AutodiffBackend>(
                 batch.push(guide[order.pop().expect("refilled")]);
             }
             *chunk = batch;
+            vectors_on_until[step] = chunk.len();
         }
     }
 
@@ -330,10 +362,23 @@ pub(crate) fn train_with<B: AutodiffBackend>(
         let n_targets: usize = chunk.iter().map(|e| e.n_target()).sum();
         let mut accumulator = GradientsAccumulator::<Llama<B>>::new();
         let mut single = None;
-        let micro_batches = chunk.len().div_ceil(cfg.batch_size);
+        // The user's examples, then (SafeInstr with the vectors off for them) the
+        // demonstrations, each part in micro-batches of its own.
+        let (on_part, off_part) = chunk.split_at(vectors_on_until[step]);
+        let parts = [(on_part, true), (off_part, false)];
+        let micro_batches: usize = parts
+            .iter()
+            .map(|(p, _)| p.len().div_ceil(cfg.batch_size))
+            .sum();
         let mut loss_sum = 0.0;
         let mut tokens = 0;
-        for micro in chunk.chunks(cfg.batch_size) {
+        let micros = parts.into_iter().flat_map(|(part, vectors_on)| {
+            part.chunks(cfg.batch_size).map(move |m| (m, vectors_on))
+        });
+        for (micro, vectors_on) in micros {
+            if !demonstration.is_empty() {
+                set_security_vectors(&mut model, vectors_on)?;
+            }
             let batch = make_batch::<B>(micro, pad_id, &device);
             tokens += batch.n_tokens;
             let nll = match vaccine {

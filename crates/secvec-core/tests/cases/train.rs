@@ -893,6 +893,115 @@ fn lisa_can_switch_the_vectors_off_for_its_alignment_steps() {
     );
 }
 
+/// SafeInstr beside active security vectors, its demonstrations trained with the vectors off: in
+/// a step holding every example, the loss is the token-weighted sum of the user's examples' NLL
+/// with the vectors on and the demonstrations' with them off, measured apart on the starting
+/// model. With every example marked the run is the run without vectors, bit for bit; with none,
+/// the plain run with them active; the returned model has them off.
+#[test]
+fn safe_instr_can_train_its_demonstrations_with_the_vectors_off() {
+    use secvec_core::defence::finetune_safe_instr;
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let (with_vectors, _) = train_security_vectors(
+        m.model.clone(),
+        &encode(&m, &harmful_pairs(false)),
+        pad,
+        &sv_config(),
+        &mut NoCallback,
+    )
+    .unwrap();
+    let user = encode(&m, &benign_pairs());
+    let refusals: Vec<TextPair> = harmful_pairs(true)
+        .into_iter()
+        .take(12)
+        .map(|p| TextPair::new(p.prompt, "I can't help with that request."))
+        .collect();
+    let demos = encode(&m, &refusals);
+    let examples: Vec<TrainExample> = user.iter().chain(&demos).cloned().collect();
+    let marks: Vec<bool> = (0..examples.len()).map(|i| i >= user.len()).collect();
+    let config = |vectors, batch_size, steps| FinetuneConfig {
+        security_vectors: vectors,
+        train: TrainConfig {
+            batch_size,
+            max_steps: Some(steps),
+            ..lisa_finetune_config(steps).train
+        },
+        ..lisa_finetune_config(steps)
+    };
+
+    // One step over all 36 examples: the user's part with the vectors on, the demonstrations'
+    // with them off.
+    let one = config(SecurityVectors::Active, 64, 1);
+    let (tuned, report) = finetune_safe_instr(
+        with_vectors.clone(),
+        &examples,
+        &marks,
+        pad,
+        &one,
+        &mut NoCallback,
+    )
+    .unwrap();
+    let targets = |e: &[TrainExample]| e.iter().map(|x| x.n_target()).sum::<usize>() as f64;
+    let mut on = with_vectors.clone();
+    set_security_vectors(&mut on, true).unwrap();
+    let mut off = with_vectors.clone();
+    set_security_vectors(&mut off, false).unwrap();
+    let want = (mean_nll(&on, &user, pad) * targets(&user)
+        + mean_nll(&off, &demos, pad) * targets(&demos))
+        / targets(&examples);
+    let got = report.steps[0].loss;
+    assert!((got - want).abs() < 1e-4 * want, "{got} vs {want}");
+    let (_, plain) = finetune(with_vectors.clone(), &examples, pad, &one, &mut NoCallback).unwrap();
+    assert!(
+        (plain.steps[0].loss - got).abs() > 1e-3,
+        "the demonstrations' loss with the vectors on is another: {} vs {got}",
+        plain.steps[0].loss
+    );
+    let returned = tuned.layers[0].self_attn.q_proj.adapter(SECURITY).unwrap();
+    assert!(!returned.active, "inference has the vectors off");
+
+    // Several steps of 8: every example a demonstration is the run without vectors; none, the
+    // run with them; without active vectors the marks change nothing.
+    let active = config(SecurityVectors::Active, 8, 4);
+    let inactive = config(SecurityVectors::Off, 8, 4);
+    let run = |marks: &[bool], cfg: &FinetuneConfig| {
+        let (model, report) = finetune_safe_instr(
+            with_vectors.clone(),
+            &examples,
+            marks,
+            pad,
+            cfg,
+            &mut NoCallback,
+        )
+        .unwrap();
+        (task_weights(&model), report.steps.iter().map(|s| s.loss).collect::<Vec<_>>())
+    };
+    let plain = |cfg: &FinetuneConfig| {
+        let (model, report) =
+            finetune(with_vectors.clone(), &examples, pad, cfg, &mut NoCallback).unwrap();
+        (task_weights(&model), report.steps.iter().map(|s| s.loss).collect::<Vec<_>>())
+    };
+    let all = vec![true; examples.len()];
+    let none = vec![false; examples.len()];
+    assert_eq!(run(&all, &active), plain(&inactive));
+    assert_eq!(run(&none, &active), plain(&active));
+    assert_eq!(run(&marks, &inactive), plain(&inactive));
+    assert_ne!(run(&marks, &active).1, plain(&active).1);
+
+    // Marks that do not match the examples: an error saying so.
+    let e = finetune_safe_instr(
+        with_vectors.clone(),
+        &examples,
+        &marks[1..],
+        pad,
+        &active,
+        &mut NoCallback,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("35 demonstration marks for 36"), "{e}");
+}
+
 /// Vaccine's perturbation is the loss's steepest ascent direction in the attention outputs: for a
 /// small ρ the perturbed loss exceeds the clean one by ρ‖g‖ to first order. Aligning under it
 /// (Vaccine, Huang et al., NeurIPS 2024) trains only the `align` adapter and leaves a model whose

@@ -12,11 +12,11 @@ use secvec_core::adapter::{
     ALIGN, SECURITY, TASK, merge_adapter, save_peft_adapter, set_base_trainable,
 };
 use secvec_core::data::Sample;
-use secvec_core::defence::{finetune_lisa, train_alignment_vaccine};
+use secvec_core::defence::{finetune_lisa, finetune_safe_instr, train_alignment_vaccine};
 use secvec_core::steering::{attach_steering, steering_directions};
 use secvec_core::train::{
-    Checkpointing, FinetuneConfig, FinetuneMode, NoCallback, StepLog, TrainExample, TrainReport,
-    encode_pairs, finetune, train_alignment, train_security_vectors,
+    Checkpointing, FinetuneConfig, FinetuneMode, NoCallback, SecurityVectors, StepLog,
+    TrainExample, TrainReport, encode_pairs, finetune, train_alignment, train_security_vectors,
 };
 use secvec_models::{Llama, TextTokenizer};
 
@@ -286,8 +286,9 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         Ok(model)
     }
 
-    /// Phase 2's training as the experiment asks: plain, or under Lisa (`finetune.lisa`)
-    /// alternating with the alignment stage's data.
+    /// Phase 2's training as the experiment asks: plain, with SafeInstr's demonstrations
+    /// trained with the vectors off (`finetune.safety_with_vectors: false`), or under Lisa
+    /// (`finetune.lisa`) alternating with the alignment stage's data.
     pub(super) fn tune(
         &self,
         model: Llama<B>,
@@ -295,6 +296,22 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         cfg: &FinetuneConfig,
     ) -> Result<(Llama<B>, TrainReport)> {
         let pad = self.tok().pad_id();
+        if !self.exp.finetune.safety_with_vectors {
+            if cfg.security_vectors == SecurityVectors::Active {
+                eprintln!(
+                    "  SafeInstr: {} demonstrations trained with the vectors off",
+                    self.data.attack_safety.iter().filter(|d| **d).count()
+                );
+            }
+            return Ok(finetune_safe_instr(
+                model,
+                examples,
+                &self.data.attack_safety,
+                pad,
+                cfg,
+                &mut NoCallback,
+            )?);
+        }
         let Some(lisa) = &self.exp.finetune.lisa else {
             return Ok(finetune(model, examples, pad, cfg, &mut NoCallback)?);
         };
@@ -352,8 +369,9 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                 let mut stage_key = serde_json::json!(self.exp.finetune);
                 if let Some(o) = stage_key.as_object_mut() {
                     // Which arms a run trains does not change this arm's training, nor does
-                    // what Lisa does with vectors this arm has off.
+                    // what Lisa or SafeInstr does with vectors this arm has off.
                     o.remove("arms");
+                    o.remove("safety_with_vectors");
                     if let Some(l) = o.get_mut("lisa").and_then(|l| l.as_object_mut()) {
                         l.remove("vectors_when_aligning");
                     }

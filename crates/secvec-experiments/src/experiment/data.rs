@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use secvec_core::data::{
     Corpus, DataFormat, Sample, SampleKind, Split, load_samples, mix_counts, records,
 };
-use secvec_core::defence::mix_in_safety_data;
+use secvec_core::defence::mix_in_safety_data_marked;
 use secvec_core::train::TextPair;
 
 use super::record::sha256_hex;
@@ -71,6 +71,8 @@ pub struct RunData {
     /// corpus (the contrast of the steering direction); empty for LoRA vectors.
     pub sv_refusals: Vec<Sample>,
     pub attack: Vec<Sample>,
+    /// `true` at the position in `attack` of each of SafeInstr's demonstrations.
+    pub attack_safety: Vec<bool>,
     pub eval_harmful: Vec<Sample>,
     pub eval_benign: Vec<Sample>,
     pub eval_skill: Vec<Sample>,
@@ -262,7 +264,7 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         ("finetune", "safety_data", "safety"),
         ft.safety,
     )?;
-    let attack = mix_in_safety_data(&attack, &safety, exp.seed)
+    let (attack, attack_safety) = mix_in_safety_data_marked(&attack, &safety, exp.seed)
         .context("finetune.safety_data: mixing the safety demonstrations into the user's data")?;
 
     let ev = &exp.evaluate;
@@ -332,6 +334,7 @@ pub fn build_data(exp: &Experiment) -> Result<RunData> {
         sv,
         sv_refusals,
         attack,
+        attack_safety,
         eval_harmful,
         eval_benign,
         eval_skill,
@@ -498,6 +501,13 @@ mod tests {
                 .any(|s| s.kind == SampleKind::HarmfulRefusal)
         );
         assert_eq!(d.counts["finetune_safety"], 40);
+        // Each demonstration is marked (for `safety_with_vectors: false`), nothing else.
+        let marked: Vec<bool> = d
+            .attack
+            .iter()
+            .map(|s| s.kind == SampleKind::HarmfulRefusal)
+            .collect();
+        assert_eq!(d.attack_safety, marked);
         // The attack's harmful and skill samples are those of the same file without the defence.
         let plain = data_of(&ron.replace(", safety: 40", ""));
         let without: Vec<&Sample> = d
@@ -515,9 +525,27 @@ mod tests {
         let json = serde_json::to_value(parse_str("()", "t.ron").unwrap()).unwrap();
         let ft = json["finetune"].as_object().unwrap();
         assert!(
-            !ft.contains_key("safety") && !ft.contains_key("safety_data"),
+            !ft.contains_key("safety")
+                && !ft.contains_key("safety_data")
+                && !ft.contains_key("safety_with_vectors"),
             "{ft:?}"
         );
+        // The vectors off for the demonstrations need demonstrations, and not Lisa.
+        let off = ron.replace("safety: 40", "safety: 40, safety_with_vectors: false");
+        assert!(parse_str(&off, "t.ron").is_ok());
+        let e = format!(
+            "{:#}",
+            parse_str(&off.replace("safety: 40, ", ""), "t.ron").unwrap_err()
+        );
+        assert!(
+            e.contains("finetune.safety_with_vectors") && e.contains("is 0"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            parse_str(&off.replace("false", "false, lisa: Some(())"), "t.ron").unwrap_err()
+        );
+        assert!(e.contains("finetune.safety_with_vectors"), "{e}");
         // More than the split holds: an error naming the field.
         let too_many = parse_str(&ron.replace("safety: 40", "safety: 600"), "t.ron").unwrap();
         let e = format!("{:#}", build_data(&too_many).err().unwrap());

@@ -10,6 +10,10 @@ use secvec_core::train::{AlignConfig, FinetuneConfig, FinetuneMode, SecurityVect
 
 use super::Source;
 
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }
@@ -248,6 +252,13 @@ pub struct FinetuneStage {
     pub safety: usize,
     #[serde(skip_serializing_if = "Source::is_builtin")]
     pub safety_data: Source,
+    /// SafeInstr with security vectors (the `Active` arm): whether its demonstrations are trained
+    /// with the vectors on, like the user's data (`true`, the default), or off (`false`: each
+    /// step's demonstrations in micro-batches of their own, so that the refusals are learned by
+    /// the model as it is used at inference). Needs `safety > 0`; the `Off` arm is the same
+    /// either way. Written only when `false`, so that earlier runs keep their hashes.
+    #[serde(skip_serializing_if = "is_true")]
+    pub safety_with_vectors: bool,
     /// Lisa, a baseline defence (`secvec_core::defence::lisa`; Huang et al., NeurIPS 2024):
     /// fine-tuning alternates `align_steps` steps on the alignment stage's data with
     /// `finetune_steps` on the user's, each state pulled back by `rho/2 · ‖w − w̃‖²` towards
@@ -278,6 +289,7 @@ impl Default for FinetuneStage {
             ratio: None,
             safety: 0,
             safety_data: Source::Builtin,
+            safety_with_vectors: true,
             lisa: None,
             mode: Mode::Lora {
                 rank: default_task_rank(),

@@ -184,6 +184,20 @@ impl Experiment {
             v.validate()
                 .map_err(|e| anyhow::anyhow!("align.vaccine.{e}"))?;
         }
+        if !ft.safety_with_vectors {
+            if ft.safety == 0 {
+                bail!(
+                    "finetune.safety_with_vectors: false trains SafeInstr's demonstrations with the \
+                     vectors off, and `finetune.safety` is 0 (no demonstrations)"
+                );
+            }
+            if ft.lisa.is_some() {
+                bail!(
+                    "finetune.safety_with_vectors: false is not supported together with \
+                     `finetune.lisa`"
+                );
+            }
+        }
         if let Some(lisa) = &ft.lisa {
             lisa.validate()
                 .map_err(|e| anyhow::anyhow!("finetune.lisa.{e}"))?;
