@@ -774,6 +774,81 @@ fn lisa_alternates_with_the_alignment_data_in_an_experiment() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The evaluation cache: two runs that differ only in the vectors' learning rate share the
+/// aligned model and the `off` arm's model; the second run reuses their evaluations (the same
+/// metrics and generations, marked `eval_cached`) and evaluates its `active` arm itself. A
+/// `--fresh` run evaluates everything again and gets the same generations as the cache gave.
+#[test]
+fn runs_sharing_a_model_reuse_its_evaluation() {
+    let (dir, file) = scratch_with(
+        "evalcache",
+        &format!(
+            r#"(
+  model: "{model}",
+  max_len: 48,
+  align: Some((refusals: 8, benign: 8, epochs: 1, batch_size: 4)),
+  security_vectors: (samples: 8, epochs: 1, batch_size: 4),
+  finetune: (harmful: 8, skill: 8, skill_facts: 4, batch_size: 4),
+  evaluate: (samples: 8, max_new_tokens: 8, checkpoints: [Aligned]),
+  sweep: [(field: "security_vectors.lr", values: [1e-3, 2e-3], name: "sv_lr")],
+)
+"#,
+            model = fixture().display()
+        ),
+    );
+    let out = run(&dir, &file, &[], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert_eq!(log.matches("reusing the evaluation in").count(), 2, "{log}");
+    let runs = runs_dir(&dir);
+    let (first, second) = (runs.join("sv_lr=0.001"), runs.join("sv_lr=0.002"));
+    let stage = |run: &Path, s: &str| read_metrics(&run.join("stages").join(format!("{s}.json")));
+    let read = |run: &Path, s: &str| {
+        std::fs::read_to_string(run.join(format!("generations-{s}.jsonl"))).unwrap()
+    };
+    for s in ["aligned", "attacked-off"] {
+        assert!(stage(&first, s).get("eval_cached").is_none(), "{s}");
+        assert_eq!(stage(&second, s)["eval_cached"], true, "{s}");
+        assert_eq!(
+            stage(&second, s)["metrics"],
+            stage(&first, s)["metrics"],
+            "{s}"
+        );
+        assert_eq!(read(&second, s), read(&first, s), "{s}");
+    }
+    assert!(
+        stage(&second, "attacked-active")
+            .get("eval_cached")
+            .is_none()
+    );
+    let entries = std::fs::read_dir(dir.join("cache/experiments/eval")).unwrap();
+    assert_eq!(
+        entries
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count(),
+        2
+    );
+
+    // Evaluated again from scratch: the generations the cache gave.
+    let cached: Vec<String> = ["aligned", "attacked-off"]
+        .iter()
+        .map(|s| read(&second, s))
+        .collect();
+    std::fs::remove_dir_all(dir.join("results")).unwrap();
+    let out = run(&dir, &file, &["--fresh", "--only", "sv_lr=0.002"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("reusing the evaluation"),
+        "{}",
+        stderr(&out)
+    );
+    for (s, want) in ["aligned", "attacked-off"].iter().zip(&cached) {
+        assert!(stage(&second, s).get("eval_cached").is_none(), "{s}");
+        assert_eq!(&read(&second, s), want, "{s}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// SafeInstr with `safety_with_vectors: false`: the demonstrations are trained with the vectors
 /// off in the active arm, which changes its step losses; the off arm trains as with the default.
 #[test]

@@ -23,6 +23,7 @@ use secvec_models::{Llama, TextTokenizer};
 use super::cache::{CACHE_VERSION, cache_key, cached_adapter, checkpoint_every};
 use super::convert;
 use super::data::{RunData, pairs, samples_digest};
+use super::eval_cache;
 use super::evaluator::Evaluator;
 use super::plan::{Plan, stage_path};
 use super::record::{StageRecord, TrainSummary, read_json, write_json};
@@ -94,22 +95,62 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         )?)
     }
 
-    /// Evaluates `model` as `stage` and writes its record at once.
+    /// Evaluates `model` as `stage` and writes its record at once. `model_key` names the model
+    /// by its stage cache entry (`align/<hash>`, `attack-off/<hash>`, `shipped`) when it has one:
+    /// then an earlier run's evaluation of the same model with the same settings is reused
+    /// (`eval_cache.rs`), and a new evaluation is kept for later runs.
     pub(super) fn evaluate(
         &self,
         stage: Stage,
         model: &Llama<B::InnerBackend>,
         training: Option<TrainSummary>,
+        model_key: Option<&str>,
     ) -> Result<StageRecord> {
-        let (metrics, secs) = self
-            .evaluator
-            .run(stage, model)
-            .with_context(|| format!("stage `{stage}`: evaluation"))?;
+        let generations = self.run_dir().join(format!("generations-{stage}.jsonl"));
+        let entry = match model_key {
+            Some(k) => {
+                let key = self.eval_key(stage, k);
+                Some((eval_cache::entry(&self.cache, &key)?, key))
+            }
+            None => None,
+        };
+        let hit = match &entry {
+            Some((dir, _)) if !self.fresh => eval_cache::load(dir, &generations)
+                .with_context(|| format!("stage `{stage}`: reading the evaluation cache"))?
+                .map(|found| (found, dir)),
+            _ => None,
+        };
+        let (metrics, secs, eval_cached) = match hit {
+            Some(((metrics, secs), dir)) => {
+                let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                eprintln!(
+                    "  [{stage}] reusing the evaluation in {} (cache hit): {}",
+                    dir.display(),
+                    shown.join(" | ")
+                );
+                (metrics, secs, true)
+            }
+            None => {
+                let (metrics, secs) = self
+                    .evaluator
+                    .run(stage, model)
+                    .with_context(|| format!("stage `{stage}`: evaluation"))?;
+                if let Some((dir, key)) = &entry
+                    && let Err(e) =
+                        eval_cache::store(dir, key, &metrics, secs, &generations, self.fresh)
+                {
+                    // The run's own record is written below either way.
+                    eprintln!("  [{stage}] warning: evaluation not cached: {e:#}");
+                }
+                (metrics, secs, false)
+            }
+        };
         let rec = StageRecord {
             stage,
             arm: stage.arm(),
             metrics,
             eval_seconds: secs,
+            eval_cached,
             training,
             same_as: None,
         };
@@ -120,6 +161,33 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             std::process::abort();
         }
         Ok(rec)
+    }
+
+    /// The evaluation cache's key for the model `model_key` evaluated as `stage`: the
+    /// evaluation settings (less which models a run evaluates), whether AdvBench is among the
+    /// sets for this stage, a digest of every evaluation set, and what [`Self::key`] adds.
+    fn eval_key(&self, stage: Stage, model_key: &str) -> serde_json::Value {
+        let mut settings = serde_json::json!(self.exp.evaluate);
+        if let Some(o) = settings.as_object_mut() {
+            o.remove("checkpoints");
+            o.remove("attacked_vectors_on");
+        }
+        let d = self.data;
+        self.key(
+            serde_json::json!({ "evaluate": settings }),
+            serde_json::json!({
+                "evaluated_model": model_key,
+                "advbench": !stage.vectors_on() && stage != Stage::Shipped,
+                "sets": [
+                    samples_digest(&d.eval_harmful),
+                    samples_digest(&d.eval_benign),
+                    samples_digest(&d.eval_skill),
+                    samples_digest(&d.eval_advbench),
+                    samples_digest(&d.eval_facts),
+                    samples_digest(&d.eval_learned),
+                ],
+            }),
+        )
     }
 
     /// The cache key of a stage: what determines it, and the backend and precision.
@@ -364,7 +432,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
             )
         };
         let cfg = convert::finetune(self.exp, arm);
-        let (tuned, summary, steps) = match (&cfg.mode, arm) {
+        let (tuned, summary, steps, model_key) = match (&cfg.mode, arm) {
             (FinetuneMode::Lora(adapter), Arm::Off) => {
                 let mut stage_key = serde_json::json!(self.exp.finetune);
                 if let Some(o) = stage_key.as_object_mut() {
@@ -402,10 +470,10 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                     self.fresh,
                 )?;
                 summary.stage = stage.name();
-                let entry = self.cache.join("attack-off").join(hash);
+                let entry = self.cache.join("attack-off").join(&hash);
                 self.keep_adapter(&stage.name(), &entry)?;
                 let steps: Vec<StepLog> = read_json(&entry.join("steps.json"))?;
-                (tuned, summary, steps)
+                (tuned, summary, steps, Some(format!("attack-off/{hash}")))
             }
             _ => {
                 announce();
@@ -425,19 +493,19 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
                     save_peft_adapter(&tuned, TASK, adapter, &self.model_name, &dir)
                         .with_context(|| format!("saving the task LoRA to {}", dir.display()))?;
                 }
-                (tuned, summary, report.steps)
+                (tuned, summary, report.steps, None)
             }
         };
         write_json(&self.run_dir().join(format!("train-{stage}.json")), &steps)?;
         let mut inner = tuned.valid();
         let mut records = Vec::new();
         if plan.todo(stage) {
-            records.push(self.evaluate(stage, &inner, Some(summary))?);
+            records.push(self.evaluate(stage, &inner, Some(summary), model_key.as_deref())?);
         }
         let von = Stage::AttackedVectorsOn(arm);
         if plan.todo(von) {
             secvec_core::train::set_security_vectors(&mut inner, true)?;
-            records.push(self.evaluate(von, &inner, None)?);
+            records.push(self.evaluate(von, &inner, None, None)?);
         }
         Ok(records)
     }

@@ -6,6 +6,7 @@ pub mod cache;
 mod context;
 pub mod convert;
 pub mod data;
+pub mod eval_cache;
 pub mod evaluator;
 mod expect;
 pub mod grid;
@@ -52,7 +53,8 @@ pub struct RunArgs {
     /// Cache directory for models and cached stages (default: $SECVEC_CACHE_DIR or ~/.cache/secvec).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
-    /// Retrain the aligned model and the security vectors even if the stage cache has them.
+    /// Retrain the cached stages (the aligned model, the security vectors, the `off` arm's task
+    /// LoRA) and evaluate again, even if the stage and evaluation caches have them.
     #[arg(long)]
     pub fresh: bool,
     /// Run only shard I of N (0-based): the runs at positions I, I+N, I+2N, ... of the sweep, so
@@ -363,6 +365,7 @@ mod tests {
             arm: Some(arm),
             metrics: BTreeMap::from([("harmful_rate".to_string(), Rate::new(k, 40))]),
             eval_seconds: 0.0,
+            eval_cached: false,
             training: None,
             same_as: None,
         };

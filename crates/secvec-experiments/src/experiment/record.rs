@@ -65,7 +65,12 @@ pub struct StageRecord {
     pub arm: Option<Arm>,
     /// Metric name → rate with counts and 95% Wilson interval.
     pub metrics: BTreeMap<String, Rate>,
+    /// The seconds the evaluation took (when it ran, for one from the evaluation cache).
     pub eval_seconds: f64,
+    /// The metrics and generations come from the evaluation cache: the same model was evaluated
+    /// with the same settings on the same sets by an earlier run (`eval_cache.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eval_cached: bool,
     /// The training that produced this model (attack arms).
     pub training: Option<TrainSummary>,
     /// This arm is the same model as another stage (vectors from 0 samples).

@@ -476,6 +476,7 @@ mod tests {
                 arm: None,
                 metrics,
                 eval_seconds: 0.0,
+                eval_cached: false,
                 training: None,
                 same_as: None,
             }],

@@ -33,7 +33,8 @@ pub struct SweepJob {
     pub cache_dir: Option<PathBuf>,
     /// The revision of the code, taken when the sweep starts.
     pub git_revision: String,
-    /// Train every stage even when the stage cache has it (the cache is still refreshed).
+    /// Train and evaluate every stage even when the stage or evaluation cache has it (the caches
+    /// are still refreshed).
     pub fresh: bool,
 }
 
@@ -127,19 +128,29 @@ impl SweepJob {
         let plan = Plan::new(exp, &stages_dir)?;
         let mut records: Vec<StageRecord> = plan.done.values().cloned().collect();
         if plan.todo(Stage::Shipped) {
-            records.push(cx.evaluate(Stage::Shipped, &loaded.model.valid(), None)?);
+            records.push(cx.evaluate(
+                Stage::Shipped,
+                &loaded.model.valid(),
+                None,
+                Some("shipped"),
+            )?);
         }
         if plan.needs_model() {
             let (mut model, align_hash) = cx.align(loaded.model.clone())?;
             if plan.todo(Stage::Aligned) {
-                records.push(cx.evaluate(Stage::Aligned, &model.valid(), None)?);
+                records.push(cx.evaluate(
+                    Stage::Aligned,
+                    &model.valid(),
+                    None,
+                    Some(&format!("align/{align_hash}")),
+                )?);
             }
             if !plan.no_vectors {
                 model = cx.vectors(model, &align_hash)?;
                 if plan.todo(Stage::VectorsOn) {
                     let mut on = model.valid();
                     secvec_core::train::set_security_vectors(&mut on, true)?;
-                    records.push(cx.evaluate(Stage::VectorsOn, &on, None)?);
+                    records.push(cx.evaluate(Stage::VectorsOn, &on, None, None)?);
                 }
                 secvec_core::train::set_security_vectors(&mut model, false)?;
             }
@@ -158,6 +169,7 @@ impl SweepJob {
                 arm: Some(Arm::Active),
                 metrics: BTreeMap::new(),
                 eval_seconds: 0.0,
+                eval_cached: false,
                 training: None,
                 same_as: Some(Stage::Attacked(Arm::Off)),
             };
