@@ -813,6 +813,22 @@ fn a_killed_lisa_run_resumes_to_the_same_weights() {
     assert!(e.to_string().contains("lisa: finetune_steps"), "{e}");
 }
 
+/// The tiny model, its pad id, and the model with security vectors trained on the harmful
+/// training pairs (switched off).
+fn tiny_with_vectors() -> (LoadedModel<B>, u32, Llama<B>) {
+    let m = tiny();
+    let pad = m.tokenizer.pad_id();
+    let (with_vectors, _) = train_security_vectors(
+        m.model.clone(),
+        &encode(&m, &harmful_pairs(false)),
+        pad,
+        &sv_config(),
+        &mut NoCallback,
+    )
+    .unwrap();
+    (m, pad, with_vectors)
+}
+
 /// Lisa beside active security vectors, with `vectors_when_aligning: false`: the vectors are off
 /// for the alignment steps and on for the user's, and the returned model has them off. The first
 /// step (alignment data) then has exactly the loss of the same run without vectors, and another
@@ -829,16 +845,7 @@ fn lisa_can_switch_the_vectors_off_for_its_alignment_steps() {
             Ok(())
         }
     }
-    let m = tiny();
-    let pad = m.tokenizer.pad_id();
-    let (with_vectors, _) = train_security_vectors(
-        m.model.clone(),
-        &encode(&m, &harmful_pairs(false)),
-        pad,
-        &sv_config(),
-        &mut NoCallback,
-    )
-    .unwrap();
+    let (m, pad, with_vectors) = tiny_with_vectors();
     let user = encode(&m, &benign_pairs());
     let guide = encode(&m, &harmful_pairs(true));
     let run = |vectors, vectors_when_aligning| {
@@ -901,16 +908,7 @@ fn lisa_can_switch_the_vectors_off_for_its_alignment_steps() {
 #[test]
 fn safe_instr_can_train_its_demonstrations_with_the_vectors_off() {
     use secvec_core::defence::finetune_safe_instr;
-    let m = tiny();
-    let pad = m.tokenizer.pad_id();
-    let (with_vectors, _) = train_security_vectors(
-        m.model.clone(),
-        &encode(&m, &harmful_pairs(false)),
-        pad,
-        &sv_config(),
-        &mut NoCallback,
-    )
-    .unwrap();
+    let (m, pad, with_vectors) = tiny_with_vectors();
     let user = encode(&m, &benign_pairs());
     let refusals: Vec<TextPair> = harmful_pairs(true)
         .into_iter()
