@@ -15,14 +15,16 @@
 //!
 //! Combined with security vectors (not in the paper), the demonstrations are by default trained
 //! with the vectors on, like the rest of the data. There the vectors make the model comply with
-//! the harmful prompts, so the refusals carry a large loss and the task LoRA learns a refusal
-//! strong enough to overcome the vectors — too strong once they are off at inference (this
-//! project measured 9–12 of 100 benign prompts refused, against 0–2 for either defence alone).
-//! [`finetune_safe_instr`] can instead train the demonstrations with the vectors off and the
-//! user's data with them on: each step's examples are split into the user's (vectors on) and the
-//! demonstrations (vectors off), each part in micro-batches of its own, and the gradients of both
-//! are accumulated into the one optimizer step (token-weighted, as in any step). The refusals
-//! are then learned by the model as it is used at inference.
+//! the harmful prompts, so the refusals are trained against them; this project measured 9–12 of
+//! 100 benign prompts refused once the vectors are off at inference, against 0–2 for either
+//! defence alone (our reading: the task LoRA learns a refusal strong enough to beat the vectors,
+//! too strong without them). [`finetune_safe_instr`] can instead train the demonstrations with
+//! the vectors off and the user's data with them on: each step's examples are split into the
+//! user's (vectors on) and the demonstrations (vectors off), each part in micro-batches of its
+//! own, and the gradients of both are accumulated into the one optimizer step (token-weighted, as
+//! in any step). The refusals are then learned by the model as it is used at inference; measured
+//! on SmolLM2-135M at p = 0.05, 0.1 and 0.2, no benign prompt was refused and no harmful one
+//! answered (`results/defences-safeinstr-vectors-off`).
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
