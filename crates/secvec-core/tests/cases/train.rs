@@ -1000,6 +1000,83 @@ fn safe_instr_can_train_its_demonstrations_with_the_vectors_off() {
     assert!(e.to_string().contains("35 demonstration marks for 36"), "{e}");
 }
 
+/// A killed SafeInstr run with its demonstrations under the vectors off resumes to the weights of
+/// an uninterrupted one (the plan, its split included, is drawn again), and a saved state of a
+/// run that marked other examples is refused, not resumed.
+#[test]
+fn a_killed_safe_instr_vectors_off_run_resumes_to_the_same_weights() {
+    use secvec_core::defence::finetune_safe_instr;
+    use secvec_core::train::{Checkpointing, TrainCallback};
+    let (m, pad, with_vectors) = tiny_with_vectors();
+    let examples: Vec<TrainExample> = encode(&m, &benign_pairs())
+        .into_iter()
+        .chain(encode(&m, &harmful_pairs(true)).into_iter().take(8))
+        .collect();
+    let marks: Vec<bool> = (0..examples.len()).map(|i| i >= 24).collect();
+    let cfg = FinetuneConfig {
+        security_vectors: SecurityVectors::Active,
+        ..lisa_finetune_config(4)
+    };
+    let (want, _) = finetune_safe_instr(
+        with_vectors.clone(),
+        &examples,
+        &marks,
+        pad,
+        &cfg,
+        &mut NoCallback,
+    )
+    .unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("attacked-active.partial");
+    let mut with_checkpoints = cfg.clone();
+    with_checkpoints.train.checkpoint = Some(Checkpointing {
+        dir: dir.clone(),
+        every: 1,
+    });
+    struct Kill;
+    impl TrainCallback<B> for Kill {
+        fn on_eval(&mut self, step: usize, _: &Llama<B>) -> secvec_core::Result<()> {
+            if step == 2 {
+                return Err(CoreError::InvalidConfig(format!("killed at step {step}")));
+            }
+            Ok(())
+        }
+    }
+    let e = finetune_safe_instr(
+        with_vectors.clone(),
+        &examples,
+        &marks,
+        pad,
+        &with_checkpoints,
+        &mut Kill,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("killed at step 2"), "{e}");
+    // Another run's marks: its fingerprint differs, and the saved state is not used.
+    let other: Vec<bool> = marks.iter().map(|m| !m).collect();
+    let e = finetune_safe_instr(
+        with_vectors.clone(),
+        &examples,
+        &other,
+        pad,
+        &with_checkpoints,
+        &mut NoCallback,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("another training run"), "{e}");
+    let (got, _) = finetune_safe_instr(
+        with_vectors.clone(),
+        &examples,
+        &marks,
+        pad,
+        &with_checkpoints,
+        &mut NoCallback,
+    )
+    .unwrap();
+    assert_eq!(task_weights(&got), task_weights(&want));
+}
+
 /// Vaccine's perturbation is the loss's steepest ascent direction in the attention outputs: for a
 /// small ρ the perturbed loss exceeds the clean one by ρ‖g‖ to first order. Aligning under it
 /// (Vaccine, Huang et al., NeurIPS 2024) trains only the `align` adapter and leaves a model whose
