@@ -605,6 +605,17 @@ impl secvec_core::train::TrainCallback<B> for Weights {
     }
 }
 
+/// A training "killed" at a step: the callback's error there stops the run.
+struct KillAt(usize);
+impl secvec_core::train::TrainCallback<B> for KillAt {
+    fn on_eval(&mut self, step: usize, _: &Llama<B>) -> secvec_core::Result<()> {
+        if step == self.0 {
+            return Err(CoreError::InvalidConfig(format!("killed at step {step}")));
+        }
+        Ok(())
+    }
+}
+
 fn lisa_finetune_config(steps: usize) -> FinetuneConfig {
     FinetuneConfig {
         mode: FinetuneMode::Lora(AdapterConfig {
@@ -730,7 +741,7 @@ fn lisa_alternates_with_alignment_data_and_pulls_towards_the_last_switch() {
 #[test]
 fn a_killed_lisa_run_resumes_to_the_same_weights() {
     use secvec_core::defence::{LisaConfig, finetune_lisa};
-    use secvec_core::train::{Checkpointing, TrainCallback};
+    use secvec_core::train::Checkpointing;
     let m = tiny();
     let pad = m.tokenizer.pad_id();
     let user = encode(&m, &benign_pairs());
@@ -753,15 +764,6 @@ fn a_killed_lisa_run_resumes_to_the_same_weights() {
         every: 2,
     });
     // "Killed" after step 6: the last checkpoint is the switch before step 5.
-    struct Kill;
-    impl TrainCallback<B> for Kill {
-        fn on_eval(&mut self, step: usize, _: &Llama<B>) -> secvec_core::Result<()> {
-            if step == 6 {
-                return Err(CoreError::InvalidConfig(format!("killed at step {step}")));
-            }
-            Ok(())
-        }
-    }
     let e = finetune_lisa(
         m.model.clone(),
         &user,
@@ -769,7 +771,7 @@ fn a_killed_lisa_run_resumes_to_the_same_weights() {
         pad,
         &with_checkpoints,
         &lisa,
-        &mut Kill,
+        &mut KillAt(6),
     )
     .unwrap_err();
     assert!(e.to_string().contains("killed at step 6"), "{e}");
@@ -1006,7 +1008,7 @@ fn safe_instr_can_train_its_demonstrations_with_the_vectors_off() {
 #[test]
 fn a_killed_safe_instr_vectors_off_run_resumes_to_the_same_weights() {
     use secvec_core::defence::finetune_safe_instr;
-    use secvec_core::train::{Checkpointing, TrainCallback};
+    use secvec_core::train::Checkpointing;
     let (m, pad, with_vectors) = tiny_with_vectors();
     let examples: Vec<TrainExample> = encode(&m, &benign_pairs())
         .into_iter()
@@ -1034,22 +1036,13 @@ fn a_killed_safe_instr_vectors_off_run_resumes_to_the_same_weights() {
         dir: dir.clone(),
         every: 1,
     });
-    struct Kill;
-    impl TrainCallback<B> for Kill {
-        fn on_eval(&mut self, step: usize, _: &Llama<B>) -> secvec_core::Result<()> {
-            if step == 2 {
-                return Err(CoreError::InvalidConfig(format!("killed at step {step}")));
-            }
-            Ok(())
-        }
-    }
     let e = finetune_safe_instr(
         with_vectors.clone(),
         &examples,
         &marks,
         pad,
         &with_checkpoints,
-        &mut Kill,
+        &mut KillAt(2),
     )
     .unwrap_err();
     assert!(e.to_string().contains("killed at step 2"), "{e}");
