@@ -3,7 +3,7 @@
 //! format), so every run — and every experiment — that shares them trains them once, also across
 //! processes (`lock.rs`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
@@ -60,7 +60,7 @@ pub fn cached_adapter<B: AutodiffBackend>(
     examples: usize,
     fresh: bool,
 ) -> Result<(Llama<B>, TrainSummary, String)> {
-    let hash = sha256_hex(&serde_json::to_vec(key)?)[..16].to_string();
+    let hash = key_hash(key)?;
     let stage_dir = cache.join(stage);
     let dir = stage_dir.join(&hash);
     let summary_path = dir.join("training.json");
@@ -95,34 +95,57 @@ pub fn cached_adapter<B: AutodiffBackend>(
     };
     let (model, report) = trainer(model, checkpointing)?;
     let summary = TrainSummary::new(stage, examples, &report);
-    // Written to a temporary folder and renamed, so a half-written cache entry never exists.
-    let tmp = stage_dir.join(format!(".{hash}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).ok();
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let tmp = temp_entry(&dir)?;
     save_peft_adapter(&model, name, adapter, base_model, &tmp)?;
     write_json(&tmp.join("key.json"), key)?;
     write_json(&tmp.join("training.json"), &summary)?;
     write_json(&tmp.join("steps.json"), &report.steps)?;
-    if dir.exists() && fresh {
-        // A `--fresh` retrain replaces the old entry.
-        std::fs::remove_dir_all(&dir).ok();
-    }
-    // Another process (a shard of the same sweep) may have trained the same stage meanwhile: the
-    // first complete entry wins and is never removed under a reader; ours is dropped (both were
-    // trained from the same key, so either serves).
-    if let Err(e) = std::fs::rename(&tmp, &dir) {
-        if dir.join("training.json").is_file() {
-            std::fs::remove_dir_all(&tmp).ok();
-            eprintln!(
-                "  [{stage}] {} was written by another process meanwhile; keeping it",
-                dir.display()
-            );
-        } else {
-            return Err(e)
-                .with_context(|| format!("moving {} to {}", tmp.display(), dir.display()));
-        }
+    if !publish_entry(&tmp, &dir, "training.json", fresh)? {
+        eprintln!(
+            "  [{stage}] {} was written by another process meanwhile; keeping it",
+            dir.display()
+        );
     }
     Ok((model, summary, hash))
+}
+
+/// The name of a cache entry of `key`: the first 16 hex digits of its hash.
+pub fn key_hash(key: &serde_json::Value) -> Result<String> {
+    Ok(sha256_hex(&serde_json::to_vec(key)?)[..16].to_string())
+}
+
+/// An empty temporary folder beside the cache entry `dir` (`.<name>.tmp-<pid>`), to write a new
+/// entry into before [`publish_entry`] renames it, so that a half-written entry never exists.
+pub fn temp_entry(dir: &Path) -> Result<PathBuf> {
+    let parent = dir.parent().context("a cache entry has a parent folder")?;
+    let name = dir.file_name().context("a cache entry has a name")?;
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).ok();
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    Ok(tmp)
+}
+
+/// Renames the written temporary folder `tmp` to the cache entry `dir` (with `fresh`, replacing
+/// an old entry). Another process (a shard of the same sweep) may have written the same entry
+/// meanwhile: the first complete one (holding the file `complete`) wins and is never removed
+/// under a reader; ours is dropped (both come from the same key, so either serves) and the
+/// answer is `false`.
+pub fn publish_entry(tmp: &Path, dir: &Path, complete: &str, fresh: bool) -> Result<bool> {
+    if fresh && dir.exists() {
+        std::fs::remove_dir_all(dir).ok();
+    }
+    match std::fs::rename(tmp, dir) {
+        Ok(()) => Ok(true),
+        Err(_) if dir.join(complete).is_file() => {
+            std::fs::remove_dir_all(tmp).ok();
+            Ok(false)
+        }
+        Err(e) => Err(e).with_context(|| format!("moving {} to {}", tmp.display(), dir.display())),
+    }
 }

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use secvec_core::eval::stats::Rate;
 
-use super::record::{read_json, sha256_hex, write_json};
+use super::cache::{key_hash, publish_entry, temp_entry};
+use super::record::{read_json, write_json};
 
 const METRICS_FILE: &str = "metrics.json";
 const GENERATIONS_FILE: &str = "generations.jsonl";
@@ -32,8 +33,7 @@ struct CachedEval {
 
 /// The entry of `key` under the stage cache `cache` (`<cache>/eval/<hash>`).
 pub fn entry(cache: &Path, key: &serde_json::Value) -> Result<PathBuf> {
-    let hash = sha256_hex(&serde_json::to_vec(key)?)[..16].to_string();
-    Ok(cache.join("eval").join(hash))
+    Ok(cache.join("eval").join(key_hash(key)?))
 }
 
 /// The cached metrics and the seconds the evaluation took, with the generations copied to
@@ -65,15 +65,7 @@ pub fn store(
         .parent()
         .context("an evaluation cache entry has a parent")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = entry
-        .file_name()
-        .context("an evaluation cache entry has a name")?
-        .to_string_lossy();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).ok();
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let tmp = temp_entry(entry)?;
     write_json(&tmp.join("key.json"), key)?;
     write_json(
         &tmp.join(METRICS_FILE),
@@ -84,15 +76,7 @@ pub fn store(
     )?;
     std::fs::copy(generations, tmp.join(GENERATIONS_FILE))
         .with_context(|| format!("copying {}", generations.display()))?;
-    if fresh && entry.exists() {
-        std::fs::remove_dir_all(entry).ok();
-    }
-    if let Err(e) = std::fs::rename(&tmp, entry) {
-        std::fs::remove_dir_all(&tmp).ok();
-        if !entry.join(METRICS_FILE).is_file() {
-            return Err(e).with_context(|| format!("moving the evaluation to {}", entry.display()));
-        }
-    }
+    publish_entry(&tmp, entry, METRICS_FILE, fresh)?;
     Ok(())
 }
 
