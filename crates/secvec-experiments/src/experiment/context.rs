@@ -106,7 +106,7 @@ impl<B: AutodiffBackend> RunContext<'_, B> {
         training: Option<TrainSummary>,
         model_key: Option<&str>,
     ) -> Result<StageRecord> {
-        let generations = self.run_dir().join(format!("generations-{stage}.jsonl"));
+        let generations = self.evaluator.generations_path(stage);
         let entry = match model_key {
             Some(k) => {
                 let key = self.eval_key(stage, k);

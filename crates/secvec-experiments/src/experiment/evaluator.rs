@@ -42,6 +42,12 @@ pub struct Evaluator<'a> {
 }
 
 impl Evaluator<'_> {
+    /// Where the generations of `stage` are written: `generations-<stage>.jsonl` in the run's
+    /// folder.
+    pub fn generations_path(&self, stage: Stage) -> PathBuf {
+        self.dir.join(format!("generations-{stage}.jsonl"))
+    }
+
     /// The metrics of `model` (key → rate) and the seconds they took.
     pub fn run<B: Backend>(
         &self,
@@ -151,10 +157,7 @@ impl Evaluator<'_> {
                 lines.push('\n');
             }
         }
-        write_atomic(
-            &self.dir.join(format!("generations-{stage}.jsonl")),
-            lines.as_bytes(),
-        )?;
+        write_atomic(&self.generations_path(stage), lines.as_bytes())?;
         let secs = t.elapsed().as_secs_f64();
         let shown: Vec<String> = out.iter().map(|(k, v)| format!("{k} {v}")).collect();
         eprintln!("  [{stage}] {} ({secs:.0}s)", shown.join(" | "));
