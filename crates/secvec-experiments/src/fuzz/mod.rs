@@ -15,8 +15,9 @@ pub mod alloc;
 mod mutate;
 mod targets;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -104,7 +105,11 @@ struct Record {
     targets: Vec<TargetRecord>,
 }
 
-static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+thread_local! {
+    /// The last panic on this thread, as the quiet hook recorded it. Per thread: the hook runs
+    /// on the panicking thread, and tests fuzz beside each other in one process.
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
 
 /// What one execution did.
 enum Outcome {
@@ -128,10 +133,7 @@ fn execute(target: &Target, dir: &Path, input: &[u8]) -> Result<(Outcome, usize,
         Ok(Err(e)) => Outcome::Rejected(e),
         Err(payload) => {
             let message = LAST_PANIC
-                .lock()
-                .map(|mut m| m.take())
-                .ok()
-                .flatten()
+                .with_borrow_mut(Option::take)
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".into());
@@ -152,8 +154,12 @@ fn input_of(target: &Target, seeds: &targets::Seeds, seed: u64, execution: u64) 
 
 /// A folder of its own for one target's inputs.
 fn work_dir(target: &Target) -> Result<PathBuf> {
+    // Numbered per call as well: two tests in one process may fuzz the same target at once, and
+    // the first to finish removes its folder.
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!(
-        "secvec-fuzz-{}-{}",
+        "secvec-fuzz-{}-{}-{call}",
         std::process::id(),
         target.name
     ));
@@ -264,9 +270,7 @@ impl QuietPanics {
     fn install() -> Self {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(|info| {
-            if let Ok(mut m) = LAST_PANIC.lock() {
-                *m = Some(info.to_string());
-            }
+            LAST_PANIC.set(Some(info.to_string()));
         }));
         QuietPanics(Some(previous))
     }
@@ -274,6 +278,15 @@ impl QuietPanics {
 
 impl Drop for QuietPanics {
     fn drop(&mut self) {
+        // A panicking thread may not change the hook (that is a second panic, which aborts the
+        // process and hides the first one's message). The quiet hook then stays, and the panic in
+        // flight, which it recorded instead of printing, is printed here.
+        if std::thread::panicking() {
+            if let Some(message) = LAST_PANIC.with_borrow(Clone::clone) {
+                eprintln!("{message}");
+            }
+            return;
+        }
         if let Some(previous) = self.0.take() {
             std::panic::set_hook(previous);
         }
@@ -417,11 +430,17 @@ mod tests {
 
     #[test]
     fn every_target_survives_a_short_run_without_panics_or_unbounded_memory() {
-        let _quiet = QuietPanics::install();
+        let quiet = QuietPanics::install();
         let failures =
             std::env::temp_dir().join(format!("secvec-fuzz-test-{}", std::process::id()));
-        for target in targets::all() {
-            let rec = run_target(&target, &places(), 400, 1, &failures, false).unwrap();
+        let records: Vec<_> = targets::all()
+            .iter()
+            .map(|target| run_target(target, &places(), 400, 1, &failures, false))
+            .collect();
+        // The usual hook is back before anything is asserted, so a failure prints as usual.
+        drop(quiet);
+        for (target, rec) in targets::all().iter().zip(records) {
+            let rec = rec.unwrap();
             assert_eq!(rec.executions, 400);
             assert_eq!(
                 rec.panics + rec.allocation_failures,
