@@ -456,6 +456,37 @@ mod tests {
     }
 
     #[test]
+    fn runs_of_one_target_at_once_keep_to_their_own_folders() {
+        // Tests fuzz beside each other in one process; the index target also writes a shard
+        // (`prepare`, a synthetic safetensors file) beside each input. When the runs shared
+        // their folders, one finishing removed the folder another was writing into.
+        let target = targets::all()
+            .into_iter()
+            .find(|t| t.name == "safetensors-index")
+            .unwrap();
+        let failures =
+            std::env::temp_dir().join(format!("secvec-fuzz-twice-{}", std::process::id()));
+        std::thread::scope(|s| {
+            let runs: Vec<_> = (0..4u64)
+                .map(|i| {
+                    let (target, failures) = (&target, &failures);
+                    // Different lengths, so that some runs end while others still write.
+                    s.spawn(move || run_target(target, &places(), 20 + 40 * i, i, failures, false))
+                })
+                .collect();
+            for run in runs {
+                let rec = run.join().unwrap().unwrap();
+                assert_eq!(
+                    rec.panics + rec.allocation_failures,
+                    0,
+                    "{:?}",
+                    rec.failures
+                );
+            }
+        });
+    }
+
+    #[test]
     fn a_reader_that_panics_or_trusts_a_count_is_caught() {
         // A reader that sizes a buffer by the file's first u32 and indexes by its fifth byte.
         fn seeds(_: &SeedPlaces) -> Result<targets::Seeds> {
