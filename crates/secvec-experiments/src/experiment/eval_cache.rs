@@ -61,10 +61,7 @@ pub fn store(
     generations: &Path,
     fresh: bool,
 ) -> Result<()> {
-    let parent = entry
-        .parent()
-        .context("an evaluation cache entry has a parent")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    // `temp_entry` creates the folders above the entry as well.
     let tmp = temp_entry(entry)?;
     write_json(&tmp.join("key.json"), key)?;
     write_json(

@@ -152,17 +152,18 @@ fn input_of(target: &Target, seeds: &targets::Seeds, seed: u64, execution: u64) 
     mutate::mutate(&seeds[a].1, &seeds[b].1, target.dict, &mut rng)
 }
 
-/// A folder of its own for one target's inputs.
-fn work_dir(target: &Target) -> Result<PathBuf> {
-    // Numbered per call as well: two tests in one process may fuzz the same target at once, and
-    // the first to finish removes its folder.
+/// A temporary folder path no other call in this process gets (`secvec-fuzz-<what>-<pid>-<n>`):
+/// tests fuzz beside each other in one process, and a folder shared between calls was removed
+/// by the first to finish while another still wrote into it.
+fn own_temp_dir(what: &str) -> PathBuf {
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let call = CALLS.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "secvec-fuzz-{}-{}-{call}",
-        std::process::id(),
-        target.name
-    ));
+    std::env::temp_dir().join(format!("secvec-fuzz-{what}-{}-{call}", std::process::id()))
+}
+
+/// A folder of its own for one target's inputs.
+fn work_dir(target: &Target) -> Result<PathBuf> {
+    let dir = own_temp_dir(target.name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     targets::prepare(target.name, &dir)?;
     Ok(dir)

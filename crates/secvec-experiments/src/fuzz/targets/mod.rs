@@ -250,11 +250,7 @@ fn run_peft(path: &Path, _: &[u8]) -> std::result::Result<(), String> {
 
 /// A small safetensors file: two f32 tensors.
 pub fn synthetic_safetensors() -> Result<Vec<u8>> {
-    // A folder of this call's own: tests in one process make seeds at once, and a shared folder
-    // was removed under another call's feet (its write failed, the test panicked).
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("secvec-fuzz-seed-{}-{call}", std::process::id()));
+    let dir = super::own_temp_dir("seed");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join("seed.safetensors");
     let f = |n: usize| -> Vec<f32> { (0..n).map(|i| i as f32).collect() };
